@@ -1,0 +1,113 @@
+"""MLflow helpers shared by every stage: one run per stage, tagged for lineage.
+
+A stage run is tagged with the stage name, the git commit and its params section (logged as
+params and as a YAML artifact). When `MGPO_PARENT_RUN_ID` is set (the pipeline flow sets it for
+`dvc repro`), the stage run becomes a child of that pipeline run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+
+from components.config import Tracking
+
+PARENT_ENV = "MGPO_PARENT_RUN_ID"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The MLflow tracking server cannot be reached."""
+
+
+def tracking_uri(cfg: Tracking) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri
+
+
+def git_commit(cwd: str | None = None) -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True, cwd=cwd, timeout=10
+        )
+        commit = out.stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            cwd=cwd,
+            timeout=10,
+        ).stdout.strip()
+        return commit + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def flatten(data: Any, prefix: str = "") -> dict[str, str]:
+    """Nested dicts/lists to dotted keys with string values (for MLflow params and tags)."""
+    if isinstance(data, BaseModel):
+        data = data.model_dump(mode="json")
+    out: dict[str, str] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            out.update(flatten(v, f"{prefix}{k}."))
+    else:
+        out[prefix.rstrip(".")] = str(data)[:6000]
+    return out
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, naming the server, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server {uri} is unreachable ({exc}); start it or set MLFLOW_TRACKING_URI"
+        ) from None
+
+
+def configure(cfg: Tracking) -> str:
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    check_reachable(uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(cfg.experiment)
+    return uri
+
+
+@contextlib.contextmanager
+def stage_run(
+    stage: str, cfg: Tracking, sections: dict[str, Any], tags: dict[str, str] | None = None
+) -> Iterator:
+    """Open the MLflow run of one stage; log its params sections and lineage tags."""
+    import mlflow
+
+    configure(cfg)
+    all_tags = {
+        "mgpo.stage": stage,
+        "mgpo.git_commit": git_commit(),
+        "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+        **(tags or {}),
+    }
+    parent = os.environ.get(PARENT_ENV)
+    if parent:
+        all_tags["mlflow.parentRunId"] = parent
+    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+        params: dict[str, str] = {}
+        for name, section in sections.items():
+            params.update(flatten(section, f"{name}."))
+            dumped = section.model_dump(mode="json") if isinstance(section, BaseModel) else section
+            mlflow.log_dict(dumped, f"params/{name}.yaml")
+        # MLflow caps a batch at 100 params.
+        items = list(params.items())
+        for i in range(0, len(items), 100):
+            mlflow.log_params(dict(items[i : i + 100]))
+        yield run

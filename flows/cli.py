@@ -1,0 +1,96 @@
+"""The `mgpo` command: one subcommand per pipeline stage, plus `pipeline` and `infer`.
+
+Every stage runs as a Prefect flow and opens one MLflow run. Common options: `--params PATH`
+(default params.yaml) and repeated `-S key.path=value` overrides, validated like the file.
+DVC's stages call these commands (see dvc.yaml).
+
+    mgpo build-model                 # the tiny Qwen2.5-VL bundle in models/base
+    mgpo prepare -S prepare.synthetic.train=64
+    mgpo infer IMAGE "QUESTION" --options red blue --model models/base
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+STAGES = {
+    # subcommand: (flow module, one-line help, the issue that builds it)
+    "build-model": ("flows.build_model", "build the embedded tiny Qwen2.5-VL (or check an external model)"),
+    "prepare": ("flows.prepare", "build the synthetic benchmark and convert real benchmarks to parquet"),
+    "sft": ("flows.sft", "SFT warmup on two-turn grounding trajectories"),
+    "rl": ("flows.rl", "MGPO (or single-turn GRPO) reinforcement learning"),
+    "evaluate": ("flows.evaluate", "evaluate models x benchmarks x modes; metrics, report, plots"),
+    "promote": ("flows.promote", "move the registry's champion alias when the candidate is better"),
+    "pipeline": ("flows.pipeline", "run every stage through DVC under one Prefect flow and MLflow run"),
+    "infer": ("flows.infer", "run one MGPO episode on one image and show each turn"),
+}
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "-S",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override one param, e.g. -S rl.max_steps=5 (repeatable; validated like the file)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mgpo",
+        description="MGPO pipeline: multi-turn grounding-based RL for high-resolution visual reasoning. "
+        "Each subcommand is one stage (a Prefect flow with an MLflow run); `dvc repro` runs them in order.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (_, help_text) in STAGES.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        _common(p)
+        if name in {"sft", "rl"}:
+            p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        if name == "promote":
+            p.add_argument(
+                "--rollback", action="store_true", help="move champion back to its previous holder"
+            )
+        if name == "evaluate":
+            p.add_argument("--model", action="append", default=[], help="evaluate only these model names")
+        if name == "infer":
+            p.add_argument("image", help="image file")
+            p.add_argument("question", help="question text")
+            p.add_argument("--options", nargs="+", default=[], help="answer options, in order (A, B, ...)")
+            p.add_argument(
+                "--model", default=None, help="model folder, hub id or models:/ URI (default: base)"
+            )
+            p.add_argument("--mode", default="mgpo", choices=["mgpo", "direct"], help="protocol")
+            p.add_argument("--out", default="infer.png", help="PNG with the box and the crop")
+            p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    module_name, _ = STAGES[args.command]
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name != module_name:
+            raise
+        print(f"mgpo {args.command}: this stage is not built yet ({module_name} is missing)", file=sys.stderr)
+        return 2
+    from components.config import ParamsError
+
+    options = {k: v for k, v in vars(args).items() if k not in {"command", "params", "overrides"}}
+    try:
+        return int(module.run(args.params, args.overrides, **options) or 0)
+    except ParamsError as exc:
+        print(f"mgpo {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
