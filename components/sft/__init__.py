@@ -1,0 +1,1 @@
+"""SFT warmup stage: trajectories, the local trainer and the verl SFT trainer backend."""
