@@ -9,6 +9,7 @@ Stage code receives only its own section (plus the shared `paths`, `tracking`, `
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -178,6 +179,8 @@ class SyntheticConfig(Section):
     """Cell size of the target's inner pattern in original pixels."""
     num_distractors: int = Field(40, ge=0)
     """Distractor shapes per image."""
+    decoys: int = Field(1, ge=0, le=4)
+    """Other named objects in attribute images (their patterns are wrong options)."""
     clutter_density: float = Field(0.5, ge=0, le=1)
     """Background texture strength."""
     attribute_share: float = Field(0.75, ge=0, le=1)
@@ -442,6 +445,9 @@ class Params(Section):
         return self
 
 
+_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `a.b.c=value` into its key path and YAML-typed value (safe_load, never eval)."""
     if "=" not in text:
@@ -454,6 +460,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as exc:
         raise ParamsError(f"override {key}: value {raw!r} is not valid YAML ({exc})") from exc
+    if isinstance(value, str) and _FLOAT.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads "1e-5" as a string; people mean a number
     return keys, value
 
 

@@ -111,3 +111,23 @@ def stage_run(
         for i in range(0, len(items), 100):
             mlflow.log_params(dict(items[i : i + 100]))
         yield run
+
+
+def register_model_dir(model_dir: str, cfg: Tracking, alias: str, tags: dict[str, str] | None = None):
+    """Log a Hugging Face model folder to the active run and register it as a new version.
+
+    The version gets `alias` (sft, candidate, champion) and the given tags; it links back to
+    the run that produced it. Returns the ModelVersion.
+    """
+    import mlflow
+    from mlflow import MlflowClient
+
+    run = mlflow.active_run()
+    if run is None:
+        raise RuntimeError("register_model_dir needs an active MLflow run (use stage_run)")
+    mlflow.log_artifacts(model_dir, artifact_path="model")
+    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", cfg.registered_model, tags=tags or {})
+    client = MlflowClient()
+    client.set_registered_model_alias(cfg.registered_model, alias, version.version)
+    client.set_model_version_tag(cfg.registered_model, version.version, "mgpo.alias_at_registration", alias)
+    return version
