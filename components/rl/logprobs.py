@@ -1,0 +1,162 @@
+"""Log-probs of sampled trajectories, recomputed on the whole sequence for the GRPO update.
+
+A trajectory is `prompt_ids + response_ids` exactly as the engine sampled them (no
+re-tokenization) with every image of the episode in order (the first view, then each crop or
+the original view again). The update's forward pass feeds all of it at once:
+- `pixel_values` / `image_grid_thw` for every image, from the processor's image processor;
+- M-RoPE position ids from the model's own `get_rope_index`, so the crop's image tokens sit at
+  their true 2-D (time, height, width) positions, as in rollout. The reference code gave them
+  1-D positions in training (MGPO.md, "known weaknesses"); this module fixes that.
+Only the response positions go through `lm_head` (the prompt's logits are never needed), and
+log-probs / entropies come back aligned with `response_ids` as (batch, max_response_len) tensors
+with a 0/1 `response_mask` (1 on model tokens, 0 on environment tokens and padding).
+
+Logits are divided by the sampling temperature before the softmax, as verl's actor does, so the
+policy being optimized is the one that was sampled.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+
+
+class TrajectoryLike(Protocol):
+    prompt_ids: Sequence[int]
+    response_ids: Sequence[int]
+    response_mask: Sequence[int]
+    images: Sequence[Any]
+
+
+@dataclass
+class Batch:
+    """Right-padded model inputs for a list of trajectories, plus response-aligned targets."""
+
+    input_ids: torch.Tensor  # (B, L)
+    attention_mask: torch.Tensor  # (B, L)
+    position_ids: torch.Tensor  # (3, B, L) M-RoPE
+    pixel_values: torch.Tensor | None
+    image_grid_thw: torch.Tensor | None
+    response_ids: torch.Tensor  # (B, R)
+    response_mask: torch.Tensor  # (B, R) float, 1 on model tokens only
+    gather_index: torch.Tensor  # (B, R) position whose logits predict response token j
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+
+def encode_images(processor, images: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """pixel_values and image_grid_thw for images in order (None, None when there are none)."""
+    if not images:
+        return None, None
+    out = processor.image_processor(images=list(images), return_tensors="pt")
+    return out["pixel_values"], out["image_grid_thw"]
+
+
+def collate(
+    trajectories: Sequence[TrajectoryLike], processor, model, pad_token_id: int | None = None
+) -> Batch:
+    """Build one right-padded batch; raise ValueError naming the trajectory when ids and images
+    disagree (a count of image pad tokens that does not match the processor's grid)."""
+    if not trajectories:
+        raise ValueError("collate needs at least one trajectory")
+    config = model.config
+    image_token_id = config.image_token_id
+    merge = config.vision_config.spatial_merge_size
+    if pad_token_id is None:
+        pad_token_id = processor.tokenizer.pad_token_id or 0
+    seqs, resp_lens, prompt_lens, pixels, grids = [], [], [], [], []
+    for i, t in enumerate(trajectories):
+        if len(t.response_ids) != len(t.response_mask):
+            raise ValueError(
+                f"trajectory {i}: {len(t.response_ids)} response ids but {len(t.response_mask)} mask entries"
+            )
+        if not len(t.response_ids):
+            raise ValueError(f"trajectory {i}: empty response")
+        ids = list(t.prompt_ids) + list(t.response_ids)
+        pv, grid = encode_images(processor, t.images)
+        expected = int((grid.prod(-1) // merge**2).sum()) if grid is not None else 0
+        found = sum(1 for x in ids if x == image_token_id)
+        if expected != found:
+            raise ValueError(
+                f"trajectory {i}: {found} image pad tokens but its {len(t.images)} images need {expected}"
+            )
+        seqs.append(ids)
+        prompt_lens.append(len(t.prompt_ids))
+        resp_lens.append(len(t.response_ids))
+        if pv is not None:
+            pixels.append(pv)
+            grids.append(grid)
+    batch, length, rmax = len(seqs), max(map(len, seqs)), max(resp_lens)
+    input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
+    attention_mask = torch.zeros((batch, length), dtype=torch.long)
+    response_ids = torch.full((batch, rmax), pad_token_id, dtype=torch.long)
+    response_mask = torch.zeros((batch, rmax), dtype=torch.float32)
+    gather_index = torch.zeros((batch, rmax), dtype=torch.long)
+    for b, (ids, plen, rlen, t) in enumerate(zip(seqs, prompt_lens, resp_lens, trajectories, strict=True)):
+        input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention_mask[b, : len(ids)] = 1
+        response_ids[b, :rlen] = torch.tensor(list(t.response_ids), dtype=torch.long)
+        response_mask[b, :rlen] = torch.tensor([float(m) for m in t.response_mask])
+        # logits at position p predict token p + 1; padding points at a harmless position.
+        gather_index[b, :rlen] = torch.arange(plen - 1, plen - 1 + rlen)
+    pixel_values = torch.cat(pixels) if pixels else None
+    image_grid_thw = torch.cat(grids) if grids else None
+    position_ids = rope_positions(model, input_ids, attention_mask, image_grid_thw)
+    return Batch(
+        input_ids,
+        attention_mask,
+        position_ids,
+        pixel_values,
+        image_grid_thw,
+        response_ids,
+        response_mask,
+        gather_index,
+    )
+
+
+def rope_positions(model, input_ids, attention_mask, image_grid_thw) -> torch.Tensor:
+    """(3, B, L) M-RoPE positions from the model's `get_rope_index` (image tokens get 2-D ones)."""
+    inner = model.model
+    if image_grid_thw is None:
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
+    mm_token_type_ids = (input_ids == model.config.image_token_id).int()
+    position_ids, _ = inner.get_rope_index(
+        input_ids,
+        mm_token_type_ids=mm_token_type_ids,
+        image_grid_thw=image_grid_thw,
+        attention_mask=attention_mask,
+    )
+    return position_ids
+
+
+def response_logprobs(
+    model, batch: Batch, temperature: float = 1.0, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (B, R) of the response ids, and entropies when asked.
+
+    Gradients flow when called outside `torch.no_grad()`. Padding positions hold garbage
+    values; multiply by `batch.response_mask` (verl's losses take the mask).
+    """
+    from verl.utils.torch_functional import entropy_from_logits
+
+    out = model.model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        pixel_values=batch.pixel_values,
+        image_grid_thw=batch.image_grid_thw,
+        use_cache=False,
+    )
+    hidden = out.last_hidden_state  # (B, L, H)
+    index = batch.gather_index.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])
+    logits = model.lm_head(torch.gather(hidden, 1, index)).float()  # (B, R, V)
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    entropy = entropy_from_logits(logits) if with_entropy else None
+    return logp, entropy
