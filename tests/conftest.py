@@ -61,3 +61,12 @@ def run_in(repo: Path, *cmd: str, timeout: int = 900, env: dict | None = None) -
 def run():
     """`run(repo, *cmd)`: run a command in a repo copy with the venv on PATH, failing loudly."""
     return run_in
+
+
+@pytest.fixture(scope="session")
+def prefect_harness():
+    """One temporary Prefect API for the whole session (it takes ~30 s to start on 2 cores)."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
