@@ -1,0 +1,1 @@
+"""Evaluation: models x benchmarks x modes, metrics, report, plots, parallel workers."""
