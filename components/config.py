@@ -263,7 +263,15 @@ class SFTVerl(Section):
     micro_batch_size_per_gpu: int = Field(1, ge=1)
     """Trajectories per GPU per forward."""
     epochs: int = Field(1, ge=1)
-    """Passes over the trajectories."""
+    """Passes over the trajectories (an upper bound beside sft.max_steps)."""
+    max_tokens_per_gpu: int = Field(0, ge=0)
+    """0: fixed micro-batches; >0: dynamic batches of at most this many tokens per GPU."""
+    run_on: Literal["local", "ray"] = "local"
+    """local: torchrun on this machine; ray: a Ray job on RAY_ADDRESS."""
+    checkpoint_dir: str = ""
+    """verl checkpoint folder (shared by all nodes); empty: <paths.checkpoints>/sft_verl."""
+    job_timeout_s: float = Field(86400, gt=0)
+    """Stop waiting for (and stop) the Ray job after this many seconds."""
     extra_overrides: list[str] = []
     """Further Hydra overrides for verl.trainer.sft_trainer."""
 
@@ -317,6 +325,12 @@ class RLVerl(Section):
     """vLLM tensor parallelism."""
     gpu_memory_utilization: float = Field(0.6, gt=0, le=1)
     """vLLM memory share."""
+    max_tokens_per_gpu: int = Field(32768, ge=128)
+    """Dynamic-batch token budget per GPU (at least prompt_length + response_length)."""
+    checkpoint_dir: str = ""
+    """verl checkpoint folder (shared by all nodes); empty: <paths.checkpoints>/rl_verl."""
+    job_timeout_s: float = Field(172800, gt=0)
+    """Stop waiting for (and stop) the Ray job after this many seconds."""
     extra_overrides: list[str] = []
     """Further Hydra overrides for verl.trainer.main_ppo."""
 
