@@ -215,6 +215,58 @@ def to_seen(box: Box, seen: tuple[int, int], orig: tuple[int, int]) -> Box:
     return to_original(box, orig, seen)
 
 
+@dataclass(frozen=True)
+class Frame:
+    """How one image shown to the model maps to original pixels: orig = offset + seen * scale.
+
+    The first view is `Frame.first_view(seen, orig)` (offset 0, the paper's rule); a crop of
+    region (l, t, r, b) shown at (w, h) is `Frame.of_crop(region, (w, h))`.
+    """
+
+    size: tuple[int, int]
+    """(width, height) of the image as the model sees it."""
+    offset: tuple[float, float] = (0.0, 0.0)
+    scale: tuple[float, float] = (1.0, 1.0)
+
+    @classmethod
+    def first_view(cls, seen: tuple[int, int], orig: tuple[int, int]) -> Frame:
+        return cls(seen, (0.0, 0.0), (orig[0] / seen[0], orig[1] / seen[1]))
+
+    @classmethod
+    def of_crop(cls, region: tuple[int, int, int, int], shown: tuple[int, int]) -> Frame:
+        return cls(
+            shown,
+            (float(region[0]), float(region[1])),
+            ((region[2] - region[0]) / shown[0], (region[3] - region[1]) / shown[1]),
+        )
+
+    def to_original(self, box: Box) -> Box:
+        (ox, oy), (sx, sy) = self.offset, self.scale
+        return (ox + box[0] * sx, oy + box[1] * sy, ox + box[2] * sx, oy + box[3] * sy)
+
+    def to_seen(self, box: Box) -> Box:
+        (ox, oy), (sx, sy) = self.offset, self.scale
+        return ((box[0] - ox) / sx, (box[1] - oy) / sy, (box[2] - ox) / sx, (box[3] - oy) / sy)
+
+
+def union(boxes: list[Box]) -> Box:
+    """The smallest box holding all `boxes`."""
+    return (
+        min(b[0] for b in boxes),
+        min(b[1] for b in boxes),
+        max(b[2] for b in boxes),
+        max(b[3] for b in boxes),
+    )
+
+
+def coverage(target: Box, region: Box) -> float:
+    """Share of `target`'s area inside `region` (1.0 when the region holds it whole)."""
+    iw = min(target[2], region[2]) - max(target[0], region[0])
+    ih = min(target[3], region[3]) - max(target[1], region[1])
+    area = max(0.0, target[2] - target[0]) * max(0.0, target[3] - target[1])
+    return max(0.0, iw) * max(0.0, ih) / area if area > 0 else 0.0
+
+
 def iou(a: Box, b: Box) -> float:
     """Intersection over union of two boxes (0 when either is empty)."""
     iw = min(a[2], b[2]) - max(a[0], b[0])

@@ -1,0 +1,1 @@
+"""Generation engines (transformers; vLLM where a GPU extra is installed) and the episode driver."""
