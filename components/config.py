@@ -175,8 +175,8 @@ class SyntheticConfig(Section):
     """Questions in the test split."""
     target_size: tuple[float, float] = (0.14, 0.22)
     """Target side as a share of the image's short side (min, max)."""
-    detail_px: int = Field(8, ge=1)
-    """Cell size of the target's inner pattern in original pixels."""
+    detail_px: int = Field(4, ge=1)
+    """Checker cell of the inner pattern in original pixels (divides 8; 8 leaks into the first view)."""
     num_distractors: int = Field(40, ge=0)
     """Distractor shapes per image."""
     decoys: int = Field(1, ge=0, le=4)
