@@ -88,7 +88,7 @@ def run(replies, mode="mgpo", cfg=CFG, rec=None):
 
 def test_valid_box_crops_the_original_and_uses_valid_wording():
     seen_box = (50, 40, 88, 76)
-    ep, res, _ = run([box_text(seen_box), "It is \\boxed{B}"])
+    _, res, _ = run([box_text(seen_box), "It is \\boxed{B}"])
     assert [t.valid for t in res.turns] == [True, False]
     t1 = res.turns[0]
     assert t1.form == "fenced_json" and t1.label == "ring" and t1.reason is None
@@ -215,7 +215,7 @@ def test_batches_drop_finished_episodes():
 
 
 def test_errors_name_the_record_and_key():
-    with pytest.raises(ValueError, match="episode.max_turns=1"):
+    with pytest.raises(ValueError, match=r"episode\.max_turns=1"):
         Episode(record(), EpisodeConfig(max_turns=1), T, "mgpo", VIEW)
     with pytest.raises(ValueError, match="mode 'x'"):
         Episode(record(), CFG, T, "x", VIEW)  # type: ignore[arg-type]
