@@ -1,0 +1,258 @@
+"""MGPO's verl agent loop, driven by a fake server manager with the real tiny tokenizer/processor.
+
+The rows come from a canonical parquet (the data stage's writer) through verl's own
+`RLHFDataset`; the loop is instantiated from the YAML the stage writes, exactly as verl's
+`AgentLoopWorker` does, with a config composed from the stage's overrides; its output goes
+through verl's own post-processing (multimodal inputs, M-RoPE positions).
+
+The fake server stands in for vLLM (no CPU rollout replica exists in verl 0.9.1): it returns
+scripted token ids and log-probs. Only a GPU run shows that vLLM accepts two images per prompt
+at these sizes, that the sampled log-probs match the FSDP actor's recomputed ones, and that
+training on these trajectories moves the policy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import hydra
+import pytest
+from omegaconf import OmegaConf
+from verl.experimental.agent_loop.agent_loop import AgentLoopWorker, DictConfigWrap, ToolListWrap
+from verl.utils import hf_processor
+from verl.utils.config import omega_conf_to_dataclass
+from verl.utils.dataset.rl_dataset import RLHFDataset
+from verl.workers.rollout.replica import TokenOutput
+from verl_fixtures import bundle, canonical_parquet, params
+
+from components import grounding as g
+from components import prompts
+from components.engines.tokens import encode, image_runs, render
+from components.rl import verl_config as vc
+from components.rl.verl_reward import compute_score
+
+IMG = "<|image_pad|>"
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tiny = bundle(tmp_path_factory.getbasetemp() / "verl_tiny_bundle")
+    tmp = tmp_path_factory.mktemp("agent_loop")
+    p = params()
+    data, records = canonical_parquet(tmp / "train.parquet", p, "train", 4)
+    processor = hf_processor(str(tiny))
+    return {"tiny": tiny, "tmp": tmp, "data": data, "records": records, "processor": processor}
+
+
+class FakeServer:
+    """Stands in for verl's LLM server client: scripted replies, recorded requests."""
+
+    def __init__(self, tokenizer, replies: list[str], logprob: float = -0.25):
+        self.tok, self.replies, self.logprob = tokenizer, list(replies), logprob
+        self.calls: list[dict] = []
+        self.sampled: list[list[int]] = []
+
+    async def generate(self, request_id, *, prompt_ids, sampling_params, image_data=None, **kwargs):
+        self.calls.append(
+            {
+                "request_id": request_id,
+                "prompt_ids": list(prompt_ids),
+                "images": list(image_data or []),
+                **sampling_params,
+            }
+        )
+        ids = self.tok.encode(self.replies.pop(0), add_special_tokens=False)
+        ids = [*ids, self.tok.convert_tokens_to_ids("<|im_end|>")][: sampling_params["max_tokens"]]
+        self.sampled.append(ids)
+        return TokenOutput(token_ids=ids, log_probs=[self.logprob] * len(ids), stop_reason="completed")
+
+
+def run_loop(env, p, replies: list[str], row: int = 0):
+    """Compose the stage's config for `p`, load a row with verl's dataset, run our loop once."""
+    tmp, processor = env["tmp"], env["processor"]
+    yaml_path = vc.write_agent_loop_config(p, tmp / f"agent_loop_{p.rl.mode}.yaml")
+    inputs = vc.VerlInputs(
+        str(env["tiny"]), str(env["data"]), str(env["data"]), str(yaml_path), str(tmp / "ck")
+    )
+    cfg = vc.compose_main_ppo(vc.render(vc.main_ppo_overrides(p, inputs)))
+    sample = RLHFDataset(str(env["data"]), processor.tokenizer, cfg.data, processor)[row]
+    kwargs = {k: v for k, v in sample.items() if k != "dummy_tensor"}
+    server = FakeServer(processor.tokenizer, replies)
+    entry = OmegaConf.load(yaml_path)[0]
+
+    async def go():
+        # instantiated as verl's AgentLoopWorker._run_agent_loop does, inside the running loop
+        loop = hydra.utils.instantiate(
+            config=entry,
+            trainer_config=DictConfigWrap(config=cfg),
+            server_manager=server,
+            tokenizer=processor.tokenizer,
+            processor=processor,
+            hf_model_type="qwen2_5_vl",
+            dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(cfg.data),
+            tools=ToolListWrap([]),
+        )
+        return await loop.run({"temperature": 1.0, "top_p": 1.0, "top_k": -1, "logprobs": True}, **kwargs)
+
+    return asyncio.run(go()), server, cfg, kwargs
+
+
+def box_around_target(p, record, pad: int = 12) -> str:
+    seen = g.seen_size(record.width, record.height, p.model.min_pixels, p.model.max_pixels)
+    x1, y1, x2, y2 = g.to_seen(tuple(record.target_boxes[0]), seen, (record.width, record.height))
+    box = (max(0, x1 - pad), max(0, y1 - pad), min(seen[0], x2 + pad), min(seen[1], y2 + pad))
+    return prompts.render_box(prompts.load_templates(p.episode.templates, p.episode.template), box)
+
+
+def per_image_tokens(processor, images) -> list[int]:
+    kw = {
+        "min_pixels": min(i.width * i.height for i in images),
+        "max_pixels": max(i.width * i.height for i in images),
+    }
+    grids = processor.image_processor(images=images, return_tensors="pt", **kw)["image_grid_thw"]
+    return [int(t * h * w) // processor.image_processor.merge_size**2 for t, h, w in grids.tolist()]
+
+
+def test_two_turns_mask_images_and_tokens(env):
+    """Valid box: the mask is 1 exactly on the fake model's ids, the crop's image tokens sit in
+    the response with mask 0, both images reach the server and `multi_modal_data` in order, and
+    the ids equal the processor's rendering of the whole conversation (the local engine's way)."""
+    p = params()
+    rec = env["records"][0]
+    turn1, turn2 = box_around_target(p, rec), f"Looking closer. \\boxed{{{rec.answer}}}"
+    out, server, _, _ = run_loop(env, p, [turn1, turn2])
+    s1, s2 = server.sampled
+    tok = env["processor"].tokenizer
+    pad = tok.convert_tokens_to_ids(IMG)
+
+    ctx = len(out.response_ids) - len(s1) - len(s2)
+    assert ctx > 0
+    assert out.response_mask == [1] * len(s1) + [0] * ctx + [1] * len(s2)
+    assert out.response_ids[: len(s1)] == s1 and out.response_ids[-len(s2) :] == s2
+    assert out.response_logprobs == [-0.25] * len(s1) + [0.0] * ctx + [-0.25] * len(s2)
+
+    images = out.multi_modal_data["images"]
+    assert len(images) == 2
+    first, crop = images
+    assert first.size == g.seen_size(rec.width, rec.height, p.model.min_pixels, p.model.max_pixels)
+    assert crop.size != first.size  # the crop, cut from the original
+    assert p.episode.crop_min_pixels <= crop.width * crop.height <= p.episode.crop_max_pixels
+    n1, n2 = per_image_tokens(env["processor"], images)
+    assert image_runs(out.prompt_ids, pad) == [n1]
+    assert image_runs(out.response_ids, pad) == [n2]
+    assert all(m == 0 for i, m in zip(out.response_ids, out.response_mask, strict=True) if i == pad)
+
+    # the server saw the first view, then both images, and the growing context
+    assert [len(c["images"]) for c in server.calls] == [1, 2]
+    assert server.calls[1]["images"][0] is server.calls[0]["images"][0]
+    assert server.calls[1]["prompt_ids"] == out.prompt_ids + out.response_ids[: len(s1) + ctx]
+    assert len({c["request_id"] for c in server.calls}) == 1
+    assert all(c["max_tokens"] == p.episode.max_new_tokens for c in server.calls)
+
+    # the same ids the local engine's tokenization gives for this conversation
+    t = prompts.load_templates(p.episode.templates, p.episode.template)
+    messages = [
+        *prompts.turn1_messages(t, rec.question),
+        prompts.assistant_message(tok.decode(s1, skip_special_tokens=True)),
+        prompts.followup_message(t, rec.question, list(rec.options), valid=True),
+        prompts.assistant_message(tok.decode(s2, skip_special_tokens=True)),
+    ]
+    whole = encode(env["processor"], render(env["processor"], messages, False), images, pad).ids
+    assert out.prompt_ids + out.response_ids == whole[: len(out.prompt_ids) + len(out.response_ids)]
+
+    assert out.extra_fields["mgpo_box_valid"] is True
+    assert out.extra_fields["mgpo_final_text"] == tok.decode(s2, skip_special_tokens=True)
+    assert out.num_turns == 4
+
+
+def test_verl_postprocess_accepts_the_output(env):
+    """verl's own post-processing rebuilds the pixel inputs from the decoded ids and the images
+    (so the image-pad counts must match the features) and computes M-RoPE positions in which the
+    crop's tokens get 2-D (height, width) positions, not the reference code's 1-D ones."""
+    p = params()
+    rec = env["records"][0]
+    out, _, cfg, kwargs = run_loop(env, p, [box_around_target(p, rec), "\\boxed{A}"])
+    worker = object.__new__(AgentLoopWorker)  # only the post-processing state, no Ray actor
+    worker.processor, worker.tokenizer = env["processor"], env["processor"].tokenizer
+    worker.rollout_config = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    worker.mm_processor_kwargs = cfg.data.mm_processor_kwargs
+    worker.reward_loop_worker_handles, worker.distillation_enabled = None, False
+    res = asyncio.run(worker._agent_loop_postprocess(out, False, **kwargs))
+
+    grids = res.multi_modal_inputs["image_grid_thw"].tolist()
+    assert [tuple(gr) for gr in grids] == [
+        (1, im.height // 14, im.width // 14) for im in out.multi_modal_data["images"]
+    ]
+    assert res.multi_modal_inputs["pixel_values"].shape[0] == sum(t * h * w for t, h, w in grids)
+    pad = worker.tokenizer.convert_tokens_to_ids(IMG)
+    ids = res.input_ids[0]
+    assert int((ids == pad).sum()) == sum(t * h * w // 4 for t, h, w in grids)
+    assert res.position_ids.shape == (1, 4, ids.shape[0])
+    crop_run = (ids == pad).nonzero().flatten()[-grids[1][1] * grids[1][2] // 4 :]
+    hw = res.position_ids[0, 2:, crop_run]
+    assert hw[0].unique().numel() == grids[1][1] // 2 and hw[1].unique().numel() == grids[1][2] // 2
+    assert int(res.response_mask.sum()) == sum(out.response_mask)
+
+
+def test_stops_before_an_image_past_response_length(env):
+    """verl issue #4050: when the crop's turn would not fit in `response_length`, the episode ends
+    after turn 1 and the crop is never added (tokens or image)."""
+    p = params("rl.verl.response_length=128", "rl.verl.prompt_length=1024")
+    rec = env["records"][0]
+    out, server, _, _ = run_loop(env, p, [box_around_target(p, rec), "\\boxed{A}"])
+    (s1,) = server.sampled
+    assert out.response_ids == s1 and out.response_mask == [1] * len(s1)
+    assert len(out.multi_modal_data["images"]) == 1
+    pad = env["processor"].tokenizer.convert_tokens_to_ids(IMG)
+    assert pad not in out.response_ids
+    assert out.extra_fields["mgpo_stopped"] == "response_length"
+    assert out.extra_fields["mgpo_final_text"] == env["processor"].tokenizer.decode(
+        s1, skip_special_tokens=True
+    )
+    assert len(server.calls) == 1
+
+
+def test_cut_turn_is_closed_and_invalid_box_shows_the_first_view_again(env):
+    """Turn 1 cut at `max_new_tokens` (no box): the loop closes it with <|im_end|> (mask 0), the
+    episode's invalid-box turn shows the first view again, so both images are that view."""
+    p = params("episode.max_new_tokens=10")
+    rec = env["records"][1]
+    out, server, _, _ = run_loop(env, p, [box_around_target(p, rec), "\\boxed{B}"], row=1)
+    s1, s2 = server.sampled
+    tok = env["processor"].tokenizer
+    assert len(s1) == 10 and s1[-1] != tok.convert_tokens_to_ids("<|im_end|>")
+    assert out.response_ids[10] == tok.convert_tokens_to_ids("<|im_end|>") and out.response_mask[10] == 0
+    assert sum(out.response_mask) == len(s1) + len(s2)
+    first, again = out.multi_modal_data["images"]
+    assert again is first
+    assert out.extra_fields["mgpo_box_valid"] is False
+    text = tok.decode(out.response_ids, skip_special_tokens=False)
+    assert "Not providing correct coordinates" in text
+
+
+def test_direct_mode_is_one_turn_with_choices(env):
+    p = params("rl.mode=direct")
+    rec = env["records"][0]
+    out, server, _, _ = run_loop(env, p, [f"\\boxed{{{rec.answer}}}"])
+    assert len(server.calls) == 1 and len(out.multi_modal_data["images"]) == 1
+    assert out.response_mask == [1] * len(server.sampled[0])
+    assert "(A)" in env["processor"].tokenizer.decode(out.prompt_ids)
+    assert out.extra_fields["mgpo_box_valid"] is None
+
+
+def test_reward_on_a_real_decoded_response_scores_only_the_final_turn(env):
+    """verl's reward manager decodes the whole response with special tokens skipped; a right
+    letter boxed in turn 1 (and the template's own `\\boxed{}`) must not count."""
+    p = params()
+    rec = env["records"][0]
+    wrong = next(letter for letter in "ABCD"[: len(rec.options)] if letter != rec.answer)
+    turn1 = box_around_target(p, rec) + f" \\boxed{{{rec.answer}}}"
+    out, _, _, _ = run_loop(env, p, [turn1, f"I think \\boxed{{{wrong}}}"])
+    tok = env["processor"].tokenizer
+    solution = tok.decode(out.response_ids, skip_special_tokens=True)
+    assert f"\\boxed{{{rec.answer}}}" in solution and "\\boxed{}" in solution
+    info = {"options": list(rec.options)}
+    assert compute_score("synthetic", solution, rec.answer, info)["score"] == 0.0
+    assert compute_score("synthetic", solution, rec.answer, {**info, **out.extra_fields})["score"] == 0.0
+    assert compute_score("synthetic", solution, wrong, {**info, **out.extra_fields})["score"] == 1.0
