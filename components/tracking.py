@@ -1,8 +1,9 @@
 """MLflow helpers shared by every stage: one run per stage, tagged for lineage.
 
-A stage run is tagged with the stage name, the git commit and its params section (logged as
-params and as a YAML artifact). When `MGPO_PARENT_RUN_ID` is set (the pipeline flow sets it for
-`dvc repro`), the stage run becomes a child of that pipeline run.
+A stage run is tagged with the stage name, the git commit, the DVC hashes of its inputs (see
+components/lineage.py) and its params section (logged as params and as a YAML artifact). When
+`MGPO_PARENT_RUN_ID` is set (the pipeline flow sets it for `dvc repro`), the stage run becomes a
+child of that pipeline run.
 """
 
 from __future__ import annotations
@@ -90,11 +91,16 @@ def stage_run(
     """Open the MLflow run of one stage; log its params sections and lineage tags."""
     import mlflow
 
+    from components.lineage import start_tags
+
     configure(cfg)
+    commit = git_commit()
     all_tags = {
         "mgpo.stage": stage,
-        "mgpo.git_commit": git_commit(),
-        "mlflow.source.git.commit": git_commit().removesuffix("-dirty"),
+        "mgpo.git_commit": commit,
+        "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+        # DVC hashes of the stage's inputs and their digest (components/lineage.py).
+        **start_tags(stage),
         **(tags or {}),
     }
     parent = os.environ.get(PARENT_ENV)
@@ -125,9 +131,28 @@ def register_model_dir(model_dir: str, cfg: Tracking, alias: str, tags: dict[str
     run = mlflow.active_run()
     if run is None:
         raise RuntimeError("register_model_dir needs an active MLflow run (use stage_run)")
+    from components.lineage import version_tags
+
     mlflow.log_artifacts(model_dir, artifact_path="model")
-    version = mlflow.register_model(f"runs:/{run.info.run_id}/model", cfg.registered_model, tags=tags or {})
     client = MlflowClient()
+    # The version carries its run's lineage (stage, commit, input hashes) so that
+    # models:/<name>@<alias> alone leads back to data, params and code.
+    lineage = version_tags(client.get_run(run.info.run_id).data.tags)
+    # create_model_version, not mlflow.register_model: the latter insists on an MLflow-format
+    # model (an MLmodel file) and refuses a plain Hugging Face folder.
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(cfg.registered_model)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    version = client.create_model_version(
+        cfg.registered_model,
+        source=f"{run.info.artifact_uri}/model",
+        run_id=run.info.run_id,
+        tags={**lineage, **(tags or {})},
+    )
     client.set_registered_model_alias(cfg.registered_model, alias, version.version)
     client.set_model_version_tag(cfg.registered_model, version.version, "mgpo.alias_at_registration", alias)
     return version

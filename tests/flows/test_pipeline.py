@@ -1,0 +1,211 @@
+"""The pipeline flow under Prefect's test harness, on a small real DVC repository.
+
+The repository has two stages whose command opens a real MLflow stage run (components.tracking)
+and writes an output folder; files beside it make a stage fail once transiently or for good.
+Everything is real (DVC, Prefect, MLflow on sqlite); only the stages' work is trivial, so the
+flow's own behaviour (order, parent/child runs, lineage, retries, resume) is what is measured.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from components import lineage
+from components.tracking import TrackingUnavailable
+from flows._stage import PrefectUnavailable, check_prefect_api
+from flows.pipeline import StageFailed, dvc_stages, is_transient, pipeline_flow
+
+ROOT = Path(__file__).resolve().parents[2]
+VENV_BIN = Path(sys.executable).parent
+
+STAGE_SCRIPT = """
+import os, pathlib, sys
+from components.config import Tracking
+from components.tracking import stage_run
+
+stage = sys.argv[1]
+with stage_run(stage, Tracking(), {"toy": {"stage": stage}}):
+    out = pathlib.Path("out") / stage
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "part.txt").write_text("written before any failure")
+    mode = pathlib.Path(f"fail_{stage}")
+    if mode.exists():
+        counter = pathlib.Path(f"attempts_{stage}")
+        n = int(counter.read_text()) + 1 if counter.exists() else 1
+        counter.write_text(str(n))
+        if mode.read_text().strip() == "transient-once" and n == 1:
+            print("ERROR: Unable to acquire lock: another dvc process holds it", flush=True)
+            sys.exit(1)
+        if mode.read_text().strip() == "fatal":
+            raise ValueError(f"stage {stage}: bad input")
+    (out / "done.txt").write_text(stage)
+"""
+
+# Only what differs from the defaults of components/config.py (so it stays valid as sections grow).
+TOY_PARAMS = """
+prepare:
+  seed: 0
+evaluate:
+  models: {rl: models/rl}
+  benchmarks: {synthetic_test: data/processed/synthetic/test.parquet}
+pipeline:
+  retry_delay_s: 0
+"""
+
+DVC_YAML = """
+stages:
+  b:
+    cmd: python stage.py b
+    deps: [stage.py, out/a, b_input.txt]
+    outs: [out/b]
+  a:
+    cmd: python stage.py a
+    deps: [stage.py]
+    params: [prepare.seed]
+    outs: [out/a]
+"""
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True)
+
+
+@pytest.fixture
+def toy_repo(tmp_path, monkeypatch) -> Path:
+    repo = tmp_path / "toy"
+    repo.mkdir()
+    (repo / "params.yaml").write_text(TOY_PARAMS)
+    (repo / "stage.py").write_text(STAGE_SCRIPT)
+    (repo / "dvc.yaml").write_text(DVC_YAML)
+    (repo / "b_input.txt").write_text("first")
+    (repo / ".gitignore").write_text("mlflow.db\nmlruns/\nfail_*\nattempts_*\n")
+    _git(repo, "init", "-q")
+    subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
+    _git(repo, "add", "-A")
+    _git(repo, "commit", "-qm", "toy")
+    monkeypatch.chdir(repo)
+    monkeypatch.setenv("PATH", f"{VENV_BIN}:{__import__('os').environ['PATH']}")
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
+    return repo
+
+
+def _runs(repo: Path) -> list:
+    mlflow.set_tracking_uri(f"sqlite:///{repo}/mlflow.db")
+    return mlflow.search_runs(experiment_names=["mgpo"], output_format="list")
+
+
+def test_is_transient():
+    assert is_transient(1, "ERROR: Unable to acquire lock")
+    assert is_transient(-9, "")
+    assert is_transient(137, "")
+    assert is_transient(1, "MLflow tracking server http://x is unreachable (refused)")
+    assert not is_transient(1, "ValueError: bad input")
+    assert not is_transient(2, "invalid params in params.yaml:\n  rl.lr: unknown key")
+    assert not is_transient(-15, "", timed_out=True)
+
+
+def test_stage_order_is_dvcs(toy_repo):
+    assert dvc_stages(toy_repo) == ["a", "b"]
+
+
+def test_pipeline_lineage_retry_noop_failure_and_resume(toy_repo, prefect_harness):
+    """One scenario (each pipeline run costs real processes): retry, lineage, no-op, fault, resume."""
+    # 1. b fails once the way a held DVC lock does: the task retries it and the run succeeds.
+    (toy_repo / "fail_b").write_text("transient-once")
+    summary = pipeline_flow(str(toy_repo / "params.yaml"))
+    assert [(s["stage"], s["ran"]) for s in summary["stages"]] == [("a", True), ("b", True)]
+    assert (toy_repo / "attempts_b").read_text() == "2"
+
+    runs = {r.data.tags["mgpo.stage"]: r for r in _runs(toy_repo) if r.info.status == "FINISHED"}
+    parent = runs["pipeline"]
+    assert parent.info.run_id == summary["parent_run_id"]
+    assert parent.data.tags["mgpo.pipeline.a"] == "ran"
+    assert "stage_seconds.b" in parent.data.metrics
+    lock = lineage.read_lock(toy_repo)
+    for stage in ("a", "b"):
+        tags = runs[stage].data.tags
+        assert tags["mlflow.parentRunId"] == parent.info.run_id
+        assert tags[lineage.MANAGED_TAG] == "true"
+        assert len(tags["mgpo.git_commit"]) >= 40
+        # Inputs at the start and outputs after the lock, both as DVC wrote them in dvc.lock.
+        assert tags[lineage.DIGEST_TAG] == lineage.lock_digest(lock[stage])
+        for path, md5 in lock[stage]["deps"].items():
+            assert tags[lineage.tag_key(lineage.DEP_TAG, path)] == md5
+        for path, md5 in lock[stage]["outs"].items():
+            assert tags[lineage.tag_key(lineage.OUT_TAG, path)] == md5
+        assert runs[stage].data.params["toy.stage"] == stage
+    assert lock["b"]["deps"]["out/a"] == lock["a"]["outs"]["out/a"]
+    # The failed first attempt of b left a FAILED child run; it carries no output hashes.
+    failed_b = [r for r in _runs(toy_repo) if r.data.tags["mgpo.stage"] == "b" and r.info.status == "FAILED"]
+    assert len(failed_b) == 1 and lineage.FINALIZED_TAG not in failed_b[0].data.tags
+
+    # 2. Nothing changed: DVC skips both stages, no stage run is opened.
+    before = len(_runs(toy_repo))
+    start = time.perf_counter()
+    again = pipeline_flow(str(toy_repo / "params.yaml"))
+    print(f"no-op pipeline rerun: {time.perf_counter() - start:.1f} s")
+    assert [s["ran"] for s in again["stages"]] == [False, False]
+    assert len(_runs(toy_repo)) == before + 1  # only the new parent run
+
+    # 3. b's input changes and b hits a bug: no retry, the flow fails, DVC does not take b as done.
+    (toy_repo / "b_input.txt").write_text("changed")
+    (toy_repo / "fail_b").write_text("fatal")
+    (toy_repo / "attempts_b").unlink()
+    with pytest.raises(StageFailed, match="stage b: bad input") as exc:
+        pipeline_flow(str(toy_repo / "params.yaml"))
+    assert exc.value.stage == "b"
+    assert (toy_repo / "attempts_b").read_text() == "1"
+    assert (toy_repo / "out/b/part.txt").is_file()  # partial output on disk ...
+    assert lineage.read_lock(toy_repo)["b"]["deps"]["b_input.txt"] == lock["b"]["deps"]["b_input.txt"]
+    status = subprocess.run(["dvc", "status", "b"], cwd=toy_repo, capture_output=True, text=True)
+    assert "changed deps" in status.stdout  # ... and DVC still sees b as to be run
+    pipelines = [r for r in _runs(toy_repo) if r.data.tags["mgpo.stage"] == "pipeline"]
+    assert pipelines[0].info.status == "FAILED"
+    assert pipelines[0].data.tags["mgpo.pipeline.failed_stage"] == "b"
+
+    # 4. Fixed: the rerun resumes at b.
+    (toy_repo / "fail_b").unlink()
+    summary = pipeline_flow(str(toy_repo / "params.yaml"))
+    assert [(s["stage"], s["ran"]) for s in summary["stages"]] == [("a", False), ("b", True)]
+    assert (toy_repo / "out/b/done.txt").is_file()
+
+
+def test_unreachable_tracking_server_fails_before_any_stage(toy_repo, prefect_harness, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")
+    start = time.perf_counter()
+    with pytest.raises(
+        TrackingUnavailable, match=r"MLflow tracking server http://127.0.0.1:9 is unreachable"
+    ):
+        pipeline_flow(str(toy_repo / "params.yaml"))
+    assert time.perf_counter() - start < 30
+    assert not (toy_repo / "out").exists()
+
+
+def test_unreachable_prefect_api_is_named(monkeypatch):
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with pytest.raises(PrefectUnavailable, match=r"Prefect API http://127.0.0.1:9/api is unreachable"):
+        check_prefect_api(timeout=2)
+
+
+def test_cli_pipeline_with_unreachable_prefect_fails_fast(toy_repo):
+    env = {**__import__("os").environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [str(VENV_BIN / "mgpo"), "pipeline"],
+        cwd=toy_repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "Prefect API http://127.0.0.1:9/api is unreachable" in proc.stderr
+    assert not (toy_repo / "out").exists()
+    print(f"mgpo pipeline with an unreachable Prefect API failed in {time.perf_counter() - start:.1f} s")
