@@ -432,8 +432,17 @@ class PromoteConfig(Section):
     """Mode that decides promotion."""
     gate_metric: str = "accuracy"
     """Metric that decides promotion."""
-    min_improvement: float = 0.0
-    """The candidate must beat the champion by more than this."""
+    min_improvement: float = Field(0.0, ge=0)
+    """The candidate must beat the champion by at least this (and strictly; a tie keeps it)."""
+
+
+class PipelineConfig(Section):
+    retries: int = Field(2, ge=0)
+    """Retries of a stage after a transient failure (lock held, server hiccup, killed worker)."""
+    retry_delay_s: float = Field(15, ge=0)
+    """Seconds between those retries."""
+    stage_timeout_s: float = Field(0, ge=0)
+    """Stop a stage that runs longer than this (0: no limit)."""
 
 
 class Params(Section):
@@ -446,6 +455,7 @@ class Params(Section):
     rl: RLConfig = RLConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
+    pipeline: PipelineConfig = PipelineConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Params:
