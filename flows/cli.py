@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.add_argument("--mode", default="mgpo", choices=["mgpo", "direct"], help="protocol")
             p.add_argument("--out", default="infer.png", help="PNG with the box and the crop")
-            p.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+            p.add_argument(
+                "--json", dest="as_json", action="store_true", help="print one JSON object instead of text"
+            )
     return parser
 
 
