@@ -415,6 +415,10 @@ class EvaluateConfig(Section):
     """Ray workers (0 = serial in this process)."""
     report_cards: int = Field(48, ge=0)
     """Sample cards in report.html per benchmark and mode at most."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Generation backend (vllm needs the gpu extra and a GPU)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """Where the transformers engine runs (auto: cuda when available)."""
 
     @model_validator(mode="after")
     def _samples(self) -> EvaluateConfig:

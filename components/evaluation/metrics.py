@@ -3,7 +3,7 @@
 Input rows are predictions (one per question view: a question under one option order, cycle
 and repeat; see `components.evaluation.runner`). Fields read: `group` (the question; circular
 views share it), `cycle`, `repeat`, `category`, `correct`, `answered`, `error`, `n_options`,
-`num_turns`, `tokens`, `seconds`, and for multi-turn modes `box_valid`, `iou`, `crop_hit`
+`num_turns`, `tokens`, `seconds`, and for multi-turn modes `box_valid`, `iou`, `crop_hit`, `coverage`
 (None when the record has no target box).
 
 Definitions (all rule-based, no judge model):
@@ -15,8 +15,10 @@ Definitions (all rule-based, no judge model):
   when circular);
 - multi-turn modes: `valid_box_ratio` (share of views whose first box passed the paper's rules),
   and over views whose record has a target box, `mean_iou` (IoU of the box mapped to the
-  original image with the target region; an invalid box counts 0) and `crop_hit_ratio` (the
-  crop contains the whole target region); `mean_turns`;
+  original image with the best-matching target box; an invalid box counts 0),
+  `crop_hit_ratio` (the turn-1 crop holds at least half of a target box: the episode's
+  `crop_hit`, the paper's "crops that suffice" proxy) and `mean_coverage` (the share of the
+  target inside the crop, 1.0 when the crop contains it whole); `mean_turns` (model turns);
 - cost: `tokens_generated` (all turns), `tokens_per_sample`, `seconds_per_sample` (worker time
   per view) and `samples_per_second`.
 """
@@ -115,6 +117,7 @@ def summarize(rows: list[dict], mode: str) -> dict:
         out["with_target"] = len(with_target)
         out["mean_iou"] = _mean([float(r["iou"]) for r in with_target])
         out["crop_hit_ratio"] = _mean([float(bool(r.get("crop_hit"))) for r in with_target])
+        out["mean_coverage"] = _mean([float(r.get("coverage") or 0.0) for r in with_target])
         out["mean_turns"] = _mean([float(r.get("num_turns", 0)) for r in rows])
     tokens = sum(int(r.get("tokens", 0)) for r in rows)
     seconds = sum(float(r.get("seconds", 0.0)) for r in rows)

@@ -132,6 +132,16 @@ class PredictionStore:
         for row in rows:
             self.append(row)
 
+    def retain(self, keep: Callable[[dict], bool]) -> int:
+        """Drop the rows for which `keep(row)` is False (atomic rewrite); return how many went."""
+        drop = [k for k, row in self._rows.items() if not keep(row)]
+        if drop:
+            self.close()
+            for k in drop:
+                del self._rows[k]
+            _write_atomic(self.path, self._rows.values())
+        return len(drop)
+
     def close(self) -> None:
         if self._fd is not None:
             os.close(self._fd)

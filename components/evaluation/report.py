@@ -113,8 +113,8 @@ def _card(row: dict, image_bytes: bytes | None, images: _Images, crop_pixels: tu
 
         card["thumb"] = images.add(f"thumb:{digest}", thumb)
         w, h = original.size
-        if row.get("target_box"):
-            card["overlays"].append(_percent_box(row["target_box"], w, h, "target"))
+        for target in row.get("target_boxes") or []:
+            card["overlays"].append(_percent_box(target, w, h, "target"))
         for box in row.get("boxes") or []:
             if box.get("valid") and box.get("orig"):
                 card["overlays"].append(_percent_box(box["orig"], w, h, "pred"))

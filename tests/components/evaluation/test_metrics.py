@@ -31,6 +31,7 @@ def row(group="q1", correct=True, mode="mgpo", cycle=0, repeat=0, category="attr
         "box_valid": True,
         "iou": 0.5,
         "crop_hit": True,
+        "coverage": 1.0,
     }
     base.update(kw)
     return base
@@ -82,16 +83,17 @@ def test_accuracy_overall_and_per_category():
 
 def test_grounding_metrics_count_invalid_boxes_as_misses():
     rows = [
-        row("a", box_valid=True, iou=0.8, crop_hit=True),
-        row("b", box_valid=False, iou=0.0, crop_hit=False),
-        row("c", box_valid=True, iou=0.2, crop_hit=False),
-        row("d", box_valid=True, iou=None, crop_hit=None),  # no target box in the record
+        row("a", box_valid=True, iou=0.8, crop_hit=True, coverage=1.0),
+        row("b", box_valid=False, iou=0.0, crop_hit=False, coverage=0.0),
+        row("c", box_valid=True, iou=0.2, crop_hit=False, coverage=0.3),
+        row("d", box_valid=True, iou=None, crop_hit=None, coverage=None),  # no target box in the record
     ]
     s = M.summarize(rows, "mgpo")
     assert s["valid_box_ratio"] == 0.75
     assert s["with_target"] == 3
     assert s["mean_iou"] == pytest.approx(1.0 / 3, abs=1e-6)
     assert s["crop_hit_ratio"] == pytest.approx(1 / 3, abs=1e-6)
+    assert s["mean_coverage"] == pytest.approx(1.3 / 3, abs=1e-6)
     assert s["mean_turns"] == 2
 
 

@@ -57,7 +57,7 @@ def make_rows() -> list[dict]:
                     "seconds": 0.1,
                     "width": 800,
                     "height": 600,
-                    "target_box": [300.0, 200.0, 400.0, 300.0],
+                    "target_boxes": [[300.0, 200.0, 400.0, 300.0]],
                     "target_size": [0.04, 0.08, 0.12][i],
                     "boxes": [
                         {
