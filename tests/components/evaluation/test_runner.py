@@ -79,14 +79,14 @@ def test_bad_input_is_scored_wrong_with_the_reason(eval_bundle, eval_benchmarks,
 
 
 def test_missing_inputs_name_the_key(eval_bundle, eval_benchmarks, tmp_path):
-    with pytest.raises(EvaluationError, match="evaluate.benchmarks.nope"):
+    with pytest.raises(EvaluationError, match=r"evaluate\.benchmarks\.nope"):
         evaluate(eval_cfg(eval_bundle, {"nope": str(tmp_path / "x.parquet")}), episode_cfg(), tmp_path)
-    with pytest.raises(EvaluationError, match="evaluate.models has no model"):
+    with pytest.raises(EvaluationError, match=r"evaluate\.models has no model"):
         evaluate(eval_cfg(eval_bundle, eval_benchmarks), episode_cfg(), tmp_path, only_models=["ghost"])
     cfg = eval_cfg(
         eval_bundle, eval_benchmarks, models={"tiny": str(eval_bundle), "later": str(tmp_path / "m/sft")}
     )
-    with pytest.raises(EvaluationError, match="evaluate.models.later"):
+    with pytest.raises(EvaluationError, match=r"evaluate\.models\.later"):
         evaluate(cfg, episode_cfg(), tmp_path, only_models=["later"])
 
 
