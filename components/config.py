@@ -438,6 +438,8 @@ class PromoteConfig(Section):
     """Metric that decides promotion."""
     min_improvement: float = Field(0.0, ge=0)
     """The candidate must beat the champion by at least this (and strictly; a tie keeps it)."""
+    champion_eval_dir: str = "results/promote/champion"
+    """Where the champion is scored on the gate (kept: an unchanged champion is not re-scored)."""
 
 
 class PipelineConfig(Section):
