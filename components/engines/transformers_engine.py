@@ -248,7 +248,10 @@ class TransformersEngine(Engine):
         gens = []
         tok = self.processor.tokenizer
         for r, ids, lps, (delta, split) in zip(rows, out_ids, out_lp, added, strict=True):
-            r.stopped = bool(ids) and ids[-1] in self.stop_ids
+            ended = bool(ids) and ids[-1] in self.stop_ids
+            # Only <|im_end|> closes the turn in the template; after any other end the
+            # environment inserts <|im_end|> itself (mask 0).
+            r.stopped = bool(ids) and ids[-1] == self.im_end_id
             r.ids += ids  # the last id may not be in the cache yet: the next chunk starts with it
             gens.append(
                 Generation(
@@ -256,7 +259,7 @@ class TransformersEngine(Engine):
                     token_ids=ids,
                     logprobs=lps,
                     prompt_delta_ids=delta,
-                    finish_reason="stop" if r.stopped else "length",
+                    finish_reason="stop" if ended else "length",
                     prompt_split=split,
                 )
             )

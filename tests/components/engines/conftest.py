@@ -78,3 +78,14 @@ def make_record(i: int, size=(900, 700)) -> Record:
 def records() -> list[Record]:
     # Different sizes, so first views (and their image-token counts) differ within a batch.
     return [make_record(0, (900, 700)), make_record(1, (1300, 600)), make_record(2, (640, 900))]
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on 2 shared cores two torch threads spin against each other."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

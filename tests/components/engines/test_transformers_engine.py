@@ -123,7 +123,7 @@ def test_env_tokens_are_the_templates_turn(engine, crop_run):
     for res in results:
         delta = rec.gens[res.id][1].prompt_delta_ids
         text = tok.decode(delta, skip_special_tokens=False)
-        stopped = rec.gens[res.id][0].finish_reason == "stop"
+        stopped = rec.gens[res.id][0].token_ids[-1] == engine.im_end_id
         assert text.startswith("\n<|im_start|>user\n" if stopped else "<|im_end|>\n<|im_start|>user\n")
         assert T.valid_prefix in text and text.endswith("<|im_start|>assistant\n")
         assert tok.decode(res.prompt_ids, skip_special_tokens=False).endswith("<|im_start|>assistant\n")
