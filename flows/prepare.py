@@ -123,6 +123,16 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
 
 
 def run(params_path: str, overrides: list[str], **_: object) -> int:
+    import sys
+
+    from components.data.loaders import SourceError
+    from components.data.manifest import SkipThresholdError
+
     params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
-    prepare_flow(params_path, overrides)
+    try:
+        prepare_flow(params_path, overrides)
+    except (SkipThresholdError, SourceError) as exc:
+        # Bad input, not a bug: one clear line (the Prefect and MLflow runs are marked failed).
+        print(f"mgpo prepare: {exc}", file=sys.stderr)
+        return 1
     return 0
