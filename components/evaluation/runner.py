@@ -76,12 +76,14 @@ def first_view_budget(processor) -> tuple[int, int]:
     return int(lo), int(hi)
 
 
-def load_engine(kind: str, path: str, device: str = "auto", trust_remote_code: bool = False):
+def load_engine(
+    kind: str, path: str, device: str = "auto", trust_remote_code: bool = False, max_images: int = 8
+):
     """(engine, first-view budget) for a resolved model folder or hub id."""
     if kind == "vllm":
         from components.engines.vllm_engine import VLLMEngine
 
-        engine = VLLMEngine.from_pretrained(path, trust_remote_code=trust_remote_code)
+        engine = VLLMEngine.from_pretrained(path, trust_remote_code=trust_remote_code, max_images=max_images)
     else:
         import torch
 
