@@ -163,6 +163,7 @@ def evaluate(
                 "path": path,
                 "device": cfg.device,
                 "trust_remote_code": trust_remote_code,
+                "max_images": episode.max_turns + 1,  # the first view and one crop per later turn
             }
             mine = [g for g in groups if g.model == model]
             start = time.perf_counter()
