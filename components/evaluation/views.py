@@ -6,8 +6,10 @@ Bias controls (MGPO.md: published V* scores move 20 points with option order):
   or order of records;
 - `circular`: the question is asked once per cyclic shift of that order (A B C D, B C D A, ...),
   and counts as right only if every view is right. Benchmarks that already ship their cycles as
-  separate rows (HR-Bench: one row per permutation, `meta.circular_group` naming the question)
-  are not cycled again: their rows are grouped by that key instead;
+  separate rows are not cycled again: their rows are grouped by question instead (HR-Bench: one
+  row per permutation with `meta.cycle_category`; a question is its text, option set and image;
+  a loader may also name the group itself in `meta.circular_group`). Without `circular` such
+  rows count one by one, which is HR-Bench's own metric (the mean over its cycles);
 - `samples` repeats at temperature > 0 report a mean and a standard deviation.
 """
 
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from components.data.record import Record, letter
 
-GROUP_KEY = "circular_group"  # record.meta key of benchmarks that ship their own cycles
+GROUP_KEY = "circular_group"  # record.meta key naming a shipped cycle's question
+CYCLE_KEY = "cycle_category"  # HR-Bench's per-row cycle name (cycle1..cycle4)
 # Folders are hashed by content; a file above this size by its size, head and tail (a 7B model's
 # 15 GB of weights would otherwise take minutes to hash before every evaluation).
 FULL_HASH_LIMIT = 256 << 20
@@ -59,20 +62,34 @@ def reorder(record: Record, order: list[int]) -> Record:
     return dataclasses.replace(record, options=options, answer=answer)
 
 
+def shipped_cycle(record: Record) -> tuple[str, int] | None:
+    """(question group, cycle index) of a row that is one of a benchmark's shipped cycles."""
+    meta = record.meta if isinstance(record.meta, dict) else {}
+    if meta.get(GROUP_KEY):
+        return str(meta[GROUP_KEY]), int(meta.get("cycle", 0))
+    if meta.get(CYCLE_KEY):
+        key = hashlib.sha256()
+        for part in (record.question.strip(), *sorted(record.options)):
+            key.update(part.encode() + b"\0")
+        key.update(hashlib.sha256(bytes(record.image_bytes)).digest())
+        digits = "".join(c for c in str(meta[CYCLE_KEY]) if c.isdigit())
+        return "q-" + key.hexdigest()[:16], max(0, int(digits) - 1) if digits else 0
+    return None
+
+
 def views_of(record: Record, seed: int, shuffle: bool, circular: bool, repeats: int) -> list[View]:
     """Every view of one record: cycles (when circular) x repeats."""
     n = len(record.options)
-    shipped_group = record.meta.get(GROUP_KEY) if isinstance(record.meta, dict) else None
+    shipped = shipped_cycle(record) if circular else None
     # Shipped cycles are the published permutations: shuffling each row would break them.
-    base = permutation(record.id, n, seed, shuffle and not (circular and shipped_group))
-    cycles = 1 if (not circular or shipped_group) else n
-    group = str(shipped_group) if (circular and shipped_group) else record.id
+    base = permutation(record.id, n, seed, shuffle and shipped is None)
     out = []
-    for cycle in range(cycles):
+    for cycle in range(1 if (shipped or not circular) else n):
         order = base[cycle:] + base[:cycle]
         shown = reorder(record, order)
+        group, index = shipped if shipped else (record.id, cycle)
         for repeat in range(repeats):
-            out.append(View(shown, record.id, group, cycle, repeat, tuple(order)))
+            out.append(View(shown, record.id, group, index, repeat, tuple(order)))
     return out
 
 

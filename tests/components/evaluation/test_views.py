@@ -68,6 +68,27 @@ def test_shipped_cycles_are_grouped_not_cycled_again():
     assert views_of(rec, 0, shuffle=False, circular=False, repeats=1)[0].group == "q1"
 
 
+def test_hrbench_rows_of_one_question_form_one_group():
+    """HR-Bench ships each question as 4 rows (cycle1..cycle4, options rotated, own index)."""
+    opts = ["red", "green", "blue", "gray"]
+    rows = [
+        dataclasses.replace(
+            record(str(100 + c), opts[c:] + opts[:c], "ABCD"[(2 - c) % 4], cycle_category=f"cycle{c + 1}")
+        )
+        for c in range(4)
+    ]
+    other = record("7", opts, "A", cycle_category="cycle1")
+    other = dataclasses.replace(other, question="another question?")
+    views = [v for r in [*rows, other] for v in views_of(r, 0, shuffle=True, circular=True, repeats=1)]
+    assert len(views) == 5
+    assert len({v.group for v in views[:4]}) == 1 and views[4].group != views[0].group
+    assert [v.cycle for v in views[:4]] == [0, 1, 2, 3]
+    assert all(v.record.answer_text == "blue" for v in views[:4])
+    assert [v.record.options for v in views[:4]] == [r.options for r in rows]  # not reshuffled
+    # Without circular every row is its own question (HR-Bench's own mean over cycles).
+    assert len({views_of(r, 0, True, False, 1)[0].group for r in rows}) == 4
+
+
 def test_repeats():
     views = views_of(record(), 0, shuffle=True, circular=True, repeats=3)
     assert len(views) == 12 and {v.repeat for v in views} == {0, 1, 2}
