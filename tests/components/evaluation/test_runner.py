@@ -164,3 +164,18 @@ def test_ray_parallel_matches_serial(eval_bundle, eval_benchmarks, tmp_path):
         views = sum(g.views_run for g in res.groups)
         wall = sum(g.wall_seconds for g in res.groups)
         print(f"{name}: {views} views in {wall:.1f}s = {views / wall:.2f} samples/s")
+
+
+def test_repeated_sampling_reports_mean_and_std(eval_bundle, eval_benchmarks, tmp_path):
+    cfg = eval_cfg(
+        eval_bundle, {"test": eval_benchmarks["test"]}, modes=["direct"], samples=3, temperature=1.0, max_samples=2
+    )
+    res = evaluate(cfg, episode_cfg(), tmp_path, progress=lambda s: None)
+    assert len(res.rows) == 6 and sorted({r["repeat"] for r in res.rows}) == [0, 1, 2]
+    m = res.metrics["tiny"]["test"]["direct"]
+    assert m["repeats"] == 3 and m["n"] == 2 and m["accuracy_std"] >= 0
+    # Sampling at temperature 1 from a random model: the repeats of a question differ.
+    texts = {r["id"]: set() for r in res.rows}
+    for r in res.rows:
+        texts[r["id"]].add(r["turns"][0]["response"])
+    assert all(len(t) > 1 for t in texts.values())
