@@ -279,6 +279,8 @@ class SFTVerl(Section):
 class SFTConfig(Section):
     backend: Literal["local", "verl"] = "local"
     """local (transformers) or verl (torchrun)."""
+    train_data: str = "data/processed/synthetic/train.parquet"
+    """Canonical parquet of the records the trajectories are built from."""
     seed: int = 0
     """Data order and jitter seed."""
     max_steps: int = Field(150, ge=1)

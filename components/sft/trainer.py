@@ -50,6 +50,10 @@ class NonFiniteLoss(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
+class ResumeMismatch(ValueError):
+    """--resume found a checkpoint made on other data or with another batch layout or seed."""
+
+
 class TrajectoryFormatError(ValueError):
     """A trajectory row cannot be used; the message names the file and the row."""
 
@@ -270,13 +274,13 @@ class TrainResult:
 
 
 def _data_fingerprint(cfg: SFTConfig, data_sha: str) -> dict:
-    # What must match for a resumed run to see the same data order.
+    # What must match for a resumed run to see the same data order. max_steps may grow (the
+    # schedule is then recomputed over the new length from the current step).
     return {
         "data_sha256": data_sha,
         "seed": cfg.seed,
         "samples_per_micro_batch": cfg.samples_per_micro_batch,
         "micro_batches_per_step": cfg.micro_batches_per_step,
-        "max_steps": cfg.max_steps,
     }
 
 
@@ -366,7 +370,7 @@ def train(
         }
         if changed:
             detail = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changed.items())
-            raise ValueError(
+            raise ResumeMismatch(
                 f"--resume: checkpoint {last} was made with different data or params ({detail}); "
                 "run without --resume to start over"
             )
