@@ -20,8 +20,8 @@ order (shown position -> published option index), category, question, options (a
 answer (letter as shown), prediction, extracted, correct, answered, reason, error, n_options,
 num_turns (model turns), tokens (generated), seconds (chunk wall time per view), truncated,
 width, height, target_boxes, target_size (record meta), box_valid / iou / coverage / crop_hit
-(turn 1; None in direct mode or without targets), boxes (every turn's box), turns (prompt and
-response text of every model turn).
+(turn 1; None in direct mode or without targets), boxes (the box of every turn that the
+environment answered with an image), turns (prompt and response text of every model turn).
 """
 
 from __future__ import annotations
@@ -207,8 +207,9 @@ def result_row(chunk: Chunk, view: View, result, seconds: float) -> dict:
                 "iou": t["iou"],
                 "coverage": t["coverage"],
             }
-            for t in d["turns"]
-            if t["form"] is not None or t["reason"] is not None or t["valid"]
+            # Every turn but the last was followed by the environment's image (the crop, or the
+            # first view again): those are the boxes that mattered. The final turn answers.
+            for t in d["turns"][:-1]
         ]
     if not row["correct"]:
         row["reason"] = _why_wrong(reward, row["truncated"])

@@ -41,10 +41,11 @@ def test_three_modes_on_the_tiny_model(eval_bundle, eval_benchmarks, tmp_path):
         assert r["num_turns"] == 2 and len(r["turns"]) == 2 and isinstance(r["box_valid"], bool)
         assert "Out the coordinates" in r["turns"][0]["prompt"]  # the paper's turn-1 prompt
         assert r["iou"] is not None and r["crop_hit"] is not None  # synthetic records have targets
+        assert [b["turn"] for b in r["boxes"]] == [1] and r["boxes"][0]["valid"] == r["box_valid"]
     for r in by_mode["oracle"]:
         # The environment writes turn 1 from the true box: always valid, the crop holds the target.
         assert r["num_turns"] == 1 and r["box_valid"] is True and r["crop_hit"] is True and r["iou"] > 0
-        assert r["boxes"][0]["by_env"] is True
+        assert len(r["boxes"]) == 1 and r["boxes"][0]["by_env"] is True
     for r in rows:
         assert r["correct"] == (r["prediction"] == r["answer"])
         assert r["correct"] or r["reason"]  # every wrong answer says why
