@@ -169,7 +169,12 @@ def test_ray_parallel_matches_serial(eval_bundle, eval_benchmarks, tmp_path):
 
 def test_repeated_sampling_reports_mean_and_std(eval_bundle, eval_benchmarks, tmp_path):
     cfg = eval_cfg(
-        eval_bundle, {"test": eval_benchmarks["test"]}, modes=["direct"], samples=3, temperature=1.0, max_samples=2
+        eval_bundle,
+        {"test": eval_benchmarks["test"]},
+        modes=["direct"],
+        samples=3,
+        temperature=1.0,
+        max_samples=2,
     )
     res = evaluate(cfg, episode_cfg(), tmp_path, progress=lambda s: None)
     assert len(res.rows) == 6 and sorted({r["repeat"] for r in res.rows}) == [0, 1, 2]
