@@ -158,7 +158,8 @@ class MGPOAgentLoop(AgentLoopBase):
         )
         ids = list(prompt_ids)
         mask: list[int] = []
-        logprobs: list[float] = []
+        # None when the server returns no log-probs (rollout.calculate_log_probs off), as verl's loops do
+        logprobs: list[float] | None = None
         reported = 0  # ids already handed to the episode
         stopped = None
         num_preempted = 0
@@ -177,7 +178,9 @@ class MGPOAgentLoop(AgentLoopBase):
                 )
             num_preempted += out.num_preempted or 0
             sampled = list(out.token_ids)[:budget]
-            sampled_lp = list(out.log_probs)[: len(sampled)] if out.log_probs else [0.0] * len(sampled)
+            sampled_lp = list(out.log_probs)[: len(sampled)] if out.log_probs is not None else None
+            if sampled_lp is not None and logprobs is None:
+                logprobs = [0.0] * len(mask)
             merge, mask, logprobs = await self.ct_merge_assistant_token(
                 ids, sampled, mask, logprobs, assistant_logprobs=sampled_lp
             )
@@ -191,7 +194,7 @@ class MGPOAgentLoop(AgentLoopBase):
                 Generation(
                     text=text,
                     token_ids=sampled,
-                    logprobs=sampled_lp,
+                    logprobs=sampled_lp if sampled_lp is not None else [0.0] * len(sampled),
                     prompt_delta_ids=delta,
                     finish_reason=finish,
                 )
@@ -225,7 +228,7 @@ class MGPOAgentLoop(AgentLoopBase):
             prompt_ids=ids[:cut],
             response_ids=ids[cut:][: self.response_length],
             response_mask=mask[: self.response_length],
-            response_logprobs=logprobs[: self.response_length],
+            response_logprobs=None if logprobs is None else logprobs[: self.response_length],
             multi_modal_data={"images": list(ep.images[:shown])},
             mm_processor_kwargs=mm_kwargs,
             num_turns=1 + len(turns) + (shown - 1),

@@ -47,7 +47,7 @@ def env(tmp_path_factory):
 class FakeServer:
     """Stands in for verl's LLM server client: scripted replies, recorded requests."""
 
-    def __init__(self, tokenizer, replies: list[str], logprob: float = -0.25):
+    def __init__(self, tokenizer, replies: list[str], logprob: float | None = -0.25):
         self.tok, self.replies, self.logprob = tokenizer, list(replies), logprob
         self.calls: list[dict] = []
         self.sampled: list[list[int]] = []
@@ -64,10 +64,11 @@ class FakeServer:
         ids = self.tok.encode(self.replies.pop(0), add_special_tokens=False)
         ids = [*ids, self.tok.convert_tokens_to_ids("<|im_end|>")][: sampling_params["max_tokens"]]
         self.sampled.append(ids)
-        return TokenOutput(token_ids=ids, log_probs=[self.logprob] * len(ids), stop_reason="completed")
+        logprobs = None if self.logprob is None else [self.logprob] * len(ids)
+        return TokenOutput(token_ids=ids, log_probs=logprobs, stop_reason="completed")
 
 
-def run_loop(env, p, replies: list[str], row: int = 0):
+def run_loop(env, p, replies: list[str], row: int = 0, logprob: float | None = -0.25):
     """Compose the stage's config for `p`, load a row with verl's dataset, run our loop once."""
     tmp, processor = env["tmp"], env["processor"]
     yaml_path = vc.write_agent_loop_config(p, tmp / f"agent_loop_{p.rl.mode}.yaml")
@@ -77,7 +78,7 @@ def run_loop(env, p, replies: list[str], row: int = 0):
     cfg = vc.compose_main_ppo(vc.render(vc.main_ppo_overrides(p, inputs)))
     sample = RLHFDataset(str(env["data"]), processor.tokenizer, cfg.data, processor)[row]
     kwargs = {k: v for k, v in sample.items() if k != "dummy_tensor"}
-    server = FakeServer(processor.tokenizer, replies)
+    server = FakeServer(processor.tokenizer, replies, logprob)
     entry = OmegaConf.load(yaml_path)[0]
 
     async def go():
@@ -232,9 +233,11 @@ def test_cut_turn_is_closed_and_invalid_box_shows_the_first_view_again(env):
 
 
 def test_direct_mode_is_one_turn_with_choices(env):
+    """Also: a server without log-probs (rollout.calculate_log_probs off) gives None, as in verl."""
     p = params("rl.mode=direct")
     rec = env["records"][0]
-    out, server, _, _ = run_loop(env, p, [f"\\boxed{{{rec.answer}}}"])
+    out, server, _, _ = run_loop(env, p, [f"\\boxed{{{rec.answer}}}"], logprob=None)
+    assert out.response_logprobs is None
     assert len(server.calls) == 1 and len(out.multi_modal_data["images"]) == 1
     assert out.response_mask == [1] * len(server.sampled[0])
     assert "(A)" in env["processor"].tokenizer.decode(out.prompt_ids)
