@@ -169,3 +169,16 @@ def test_not_a_trajectory_file(tmp_path):
         vb.trajectory_rows(tmp_path / "bad.parquet")
     with pytest.raises(FileNotFoundError, match="sft stage writes them"):
         vb.trajectory_rows(tmp_path / "missing.parquet")
+
+
+def test_a_failing_local_run_fails_with_its_output(tmp_path):
+    import sys
+
+    from components.rl.verl_launch import VerlJobFailed
+
+    seen: list[str] = []
+    code = "print('step 1 loss 2.0'); raise SystemExit(7)"
+    with pytest.raises(VerlJobFailed, match=r"(?s)exited with 7.*step 1 loss 2\.0"):
+        vb._run_local([sys.executable, "-c", code], tmp_path / "train.log", seen.append)
+    assert seen == ["step 1 loss 2.0"]
+    assert (tmp_path / "train.log").read_text() == "step 1 loss 2.0\n"
