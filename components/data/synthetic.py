@@ -260,13 +260,13 @@ def make_sample(cfg: SyntheticConfig, seed: int, spec: SplitSpec, index: int, so
     side = max(8, round(size * short))
     gap = max(4, round(0.04 * short))
     family = "attribute" if attribute else "spatial"
-    k = (
-        family_count_before(index, spec.attribute_share)
-        if attribute
-        else index - family_count_before(index, spec.attribute_share)
-    )
+    # k: this question's rank within its family (letters are balanced per family).
     if spec.sizes is not None:
         k = index
+    elif attribute:
+        k = family_count_before(index, spec.attribute_share)
+    else:
+        k = index - family_count_before(index, spec.attribute_share)
 
     objects: list[NamedObject] = []
     if attribute:

@@ -29,7 +29,7 @@ from components.data.loaders.common import (
     normalize_letter,
     parse_options_text,
 )
-from components.data.record import Record
+from components.data.record import Record, letter
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 
@@ -110,7 +110,7 @@ def map_text_row(row: dict, base_dir: Path | None, source: str, split: str, chec
         answer = normalize_letter(label)
     elif sibling and sibling.get("options") and sibling["options"][0] in options:
         # The folder format's convention: its first option is the correct one.
-        answer = "ABCDEFGHIJ"[options.index(sibling["options"][0])]
+        answer = letter(options.index(sibling["options"][0]))
     else:
         raise RowError("missing field 'label' (and no sibling JSON to take the answer from)")
     if sibling:

@@ -11,8 +11,9 @@ import benchfiles as bf
 import pytest
 
 from components.config import ModelConfig, SyntheticConfig
-from components.data.loaders import Record, load_benchmark
+from components.data.loaders import load_benchmark
 from components.data.parquet import write_records
+from components.data.record import Record
 from components.data.synthetic import generate_split, split_specs
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -48,7 +49,8 @@ def test_rlhf_dataset_yields_every_row(tmp_path, monkeypatch, bundle):
         for r in load_benchmark("hrbench", str(hr), "hrbench", "test", tmp_path, 10**8)
         if isinstance(r, Record)
     ][:2]
-    path = write_records(tmp_path / "mixed.parquet", records, rows_per_group=4) and tmp_path / "mixed.parquet"
+    path = tmp_path / "mixed.parquet"
+    write_records(path, records, rows_per_group=4)
 
     processor = AutoProcessor.from_pretrained(bundle)
     config = OmegaConf.create(
