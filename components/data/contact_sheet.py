@@ -1,4 +1,5 @@
-"""A contact sheet: a grid of sample thumbnails with their target boxes drawn and captions
+"""A contact sheet: a grid of sample thumbnails with their target boxes drawn, an inset of the
+first box's centre at full resolution (what a crop shows that the thumbnail loses), and captions
 (id, question, options with the answer marked), saved as PNG for MLflow and the dataset folder.
 """
 
@@ -17,13 +18,21 @@ BOX_COLOURS = ((255, 0, 255), (0, 255, 255), (255, 255, 0))
 
 def tile(record: Record, width: int = 360, caption_lines: int = 7) -> Image.Image:
     with Image.open(io.BytesIO(record.image_bytes)) as src:
-        src.draft("RGB", (width, width))  # JPEG: decode at reduced scale, it is only a thumbnail
         img = src.convert("RGB")
     scale = width / record.width
     thumb = img.resize((width, max(1, round(record.height * scale))), Image.Resampling.BICUBIC)
     draw = ImageDraw.Draw(thumb)
     for i, box in enumerate(record.target_boxes):
         draw.rectangle([v * scale for v in box], outline=BOX_COLOURS[i % len(BOX_COLOURS)], width=2)
+    if record.target_boxes:
+        # The box's centre at 1:1 (no resampling, which would blur fine detail away again).
+        x1, y1, x2, y2 = record.target_boxes[0]
+        half = max(1, round(min(width // 3, x2 - x1, y2 - y1) / 2))
+        cx, cy = round((x1 + x2) / 2), round((y1 + y2) / 2)
+        inset = img.crop((cx - half, cy - half, cx + half, cy + half))
+        x = width - inset.width - 3
+        draw.rectangle((x - 2, 1, width - 1, inset.height + 4), fill=BOX_COLOURS[0])
+        thumb.paste(inset, (x, 3))
     font = ImageFont.load_default()
     lines = [record.id]
     lines += textwrap.wrap(record.question, 58)[:3]
