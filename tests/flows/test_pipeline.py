@@ -21,79 +21,7 @@ from components.tracking import TrackingUnavailable
 from flows._stage import PrefectUnavailable, check_prefect_api
 from flows.pipeline import StageFailed, dvc_stages, is_transient, pipeline_flow
 
-ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = Path(sys.executable).parent
-
-STAGE_SCRIPT = """
-import os, pathlib, sys
-from components.config import Tracking
-from components.tracking import stage_run
-
-stage = sys.argv[1]
-with stage_run(stage, Tracking(), {"toy": {"stage": stage}}):
-    out = pathlib.Path("out") / stage
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "part.txt").write_text("written before any failure")
-    mode = pathlib.Path(f"fail_{stage}")
-    if mode.exists():
-        counter = pathlib.Path(f"attempts_{stage}")
-        n = int(counter.read_text()) + 1 if counter.exists() else 1
-        counter.write_text(str(n))
-        if mode.read_text().strip() == "transient-once" and n == 1:
-            print("ERROR: Unable to acquire lock: another dvc process holds it", flush=True)
-            sys.exit(1)
-        if mode.read_text().strip() == "fatal":
-            raise ValueError(f"stage {stage}: bad input")
-    (out / "done.txt").write_text(stage)
-"""
-
-# Only what differs from the defaults of components/config.py (so it stays valid as sections grow).
-TOY_PARAMS = """
-prepare:
-  seed: 0
-evaluate:
-  models: {rl: models/rl}
-  benchmarks: {synthetic_test: data/processed/synthetic/test.parquet}
-pipeline:
-  retry_delay_s: 0
-"""
-
-DVC_YAML = """
-stages:
-  b:
-    cmd: python stage.py b
-    deps: [stage.py, out/a, b_input.txt]
-    outs: [out/b]
-  a:
-    cmd: python stage.py a
-    deps: [stage.py]
-    params: [prepare.seed]
-    outs: [out/a]
-"""
-
-
-def _git(repo: Path, *args: str) -> None:
-    subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=repo, check=True)
-
-
-@pytest.fixture
-def toy_repo(tmp_path, monkeypatch) -> Path:
-    repo = tmp_path / "toy"
-    repo.mkdir()
-    (repo / "params.yaml").write_text(TOY_PARAMS)
-    (repo / "stage.py").write_text(STAGE_SCRIPT)
-    (repo / "dvc.yaml").write_text(DVC_YAML)
-    (repo / "b_input.txt").write_text("first")
-    (repo / ".gitignore").write_text("mlflow.db\nmlruns/\nfail_*\nattempts_*\n")
-    _git(repo, "init", "-q")
-    subprocess.run([str(VENV_BIN / "dvc"), "init", "-q"], cwd=repo, check=True)
-    _git(repo, "add", "-A")
-    _git(repo, "commit", "-qm", "toy")
-    monkeypatch.chdir(repo)
-    monkeypatch.setenv("PATH", f"{VENV_BIN}:{__import__('os').environ['PATH']}")
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{repo}/mlflow.db")
-    return repo
 
 
 def _runs(repo: Path) -> list:
@@ -115,6 +43,7 @@ def test_stage_order_is_dvcs(toy_repo):
     assert dvc_stages(toy_repo) == ["a", "b"]
 
 
+@pytest.mark.slow
 def test_pipeline_lineage_retry_noop_failure_and_resume(toy_repo, prefect_harness):
     """One scenario (each pipeline run costs real processes): retry, lineage, no-op, fault, resume."""
     # 1. b fails once the way a held DVC lock does: the task retries it and the run succeeds.
