@@ -442,6 +442,8 @@ class PromoteConfig(Section):
     """The candidate must beat the champion by at least this (and strictly; a tie keeps it)."""
     champion_eval_dir: str = "results/promote/champion"
     """Where the champion is scored on the gate (kept: an unchanged champion is not re-scored)."""
+    reevaluate_dir: str = "results/champion"
+    """Where the weekly re-evaluation scores the champion on every benchmark (outside DVC)."""
 
 
 class PipelineConfig(Section):
