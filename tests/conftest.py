@@ -47,7 +47,14 @@ def repo_copy(tmp_path: Path) -> Path:
 
 def run_in(repo: Path, *cmd: str, timeout: int = 900, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a command in `repo` with the venv on PATH; raise with its output when it fails."""
-    full_env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}", **(env or {})}
+    # PYTHONPATH puts the copy's own packages ahead of the editable install (which points at
+    # the original checkout), so the code under test is the copy's.
+    full_env = {
+        **os.environ,
+        "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+        "PYTHONPATH": str(repo),
+        **(env or {}),
+    }
     full_env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=timeout, env=full_env)
     if proc.returncode != 0:
