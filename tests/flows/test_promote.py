@@ -21,6 +21,7 @@ from components.data.synthetic import generate_split, split_specs
 from components.models.tiny import build_tiny_bundle
 from components.tracking import register_model_dir, stage_run
 from flows.promote import candidate_mismatch, expected_questions, promote_flow
+from flows.reevaluate import reevaluate_champion_flow
 
 ROOT = Path(__file__).resolve().parents[2]
 NAME = "promote-test"
@@ -157,3 +158,13 @@ def test_promotion_gate_and_rollback(workdir, prefect_harness, monkeypatch):
     assert before != promotion.read_text()
     with pytest.raises(registry.RegistryError, match="records no previous champion"):
         promote_flow(params, rollback=True)
+
+    # 5. The weekly re-evaluation scores the champion on every benchmark and tags the version.
+    result = reevaluate_champion_flow(params)
+    assert result["champion"] == v1
+    tags = client.get_model_version(NAME, v1).tags
+    assert tags["mgpo.eval.synthetic_test.mgpo.accuracy"] == str(
+        result["metrics"]["champion"]["synthetic_test"]["mgpo"]["accuracy"]
+    )
+    assert tags["mgpo.eval.synthetic_test.mgpo.n"] == "4" and "mgpo.eval.at" in tags
+    assert (workdir / "results/champion/report.html").is_file()
