@@ -11,8 +11,9 @@ Mapping (verl's batch sizes count prompts; verl multiplies by `rollout.n` itself
     rl.prompts_per_step        -> data.train_batch_size                      (prompts per step)
     rl.rollouts_per_prompt     -> actor_rollout_ref.rollout.n                (episodes per prompt)
     rl.prompts_per_mini_batch  -> actor_rollout_ref.actor.ppo_mini_batch_size (prompts per update)
-    rl.ppo_epochs, lr, clip_ratio, kl_coef, entropy_coef, grad_clip, norm_adv_by_std, temperature,
-    max_steps, checkpoint_every, val_every, val_samples, seed; rl.verl.* for the cluster shape.
+    rl.ppo_epochs, lr, weight_decay, clip_ratio, kl_coef, entropy_coef, grad_clip, norm_adv_by_std,
+    temperature, max_steps, checkpoint_every, val_every, val_samples, seed; rl.verl.* for the
+    cluster shape; episode.* for the agent loop (its YAML) and the reward's optional terms.
 
 Departures: `rl.time_budget_s` has no verl counterpart (verl stops at `max_steps`; the Ray job is
 bounded by `rl.verl.job_timeout_s`); batches are dynamic (`rl.verl.max_tokens_per_gpu` tokens per
@@ -170,6 +171,7 @@ def main_ppo_overrides(params: Params, inputs: VerlInputs) -> list[Override]:
         Override(f"{actor}.clip_ratio_high", rl.clip_ratio, "rl.clip_ratio"),
         Override(f"{actor}.optim.lr", rl.lr, "rl.lr (constant schedule)"),
         Override(f"{actor}.optim.clip_grad", rl.grad_clip, "rl.grad_clip (max gradient norm)"),
+        Override(f"{actor}.optim.weight_decay", rl.weight_decay, "rl.weight_decay (AdamW)"),
         Override(f"{actor}.ppo_epochs", rl.ppo_epochs, "rl.ppo_epochs (passes per step)"),
         # batch shape, in prompts (verl multiplies by rollout.n)
         Override("data.train_batch_size", rl.prompts_per_step, "rl.prompts_per_step (prompts)"),
