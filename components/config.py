@@ -347,7 +347,11 @@ class RLConfig(Section):
     max_steps: int = Field(40, ge=1)
     """GRPO steps at most."""
     time_budget_s: float = Field(420, gt=0)
-    """Stop after this many seconds (the step in flight finishes)."""
+    """Seconds of training at most, over resumes: a step that would end past it is not started."""
+    train_data: str = "data/processed/synthetic/train.parquet"
+    """Canonical parquet of the RL train questions."""
+    val_data: str = "data/processed/synthetic/val.parquet"
+    """Canonical parquet of the validation questions."""
     prompts_per_step: int = Field(8, ge=1)
     """Questions sampled per step."""
     rollouts_per_prompt: int = 4
@@ -358,6 +362,8 @@ class RLConfig(Section):
     """Passes over each step's rollouts."""
     lr: float = Field(1e-4, gt=0)
     """AdamW learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW weight decay."""
     clip_ratio: float = Field(0.2, gt=0, lt=1)
     """PPO clip range."""
     kl_coef: float = Field(0.01, ge=0)
@@ -376,6 +382,10 @@ class RLConfig(Section):
     """Steps between greedy validation passes."""
     val_samples: int = Field(32, ge=1)
     """Val questions per validation pass."""
+    rollout_batch_size: int = Field(32, ge=1)
+    """Episodes generated together by the local engine."""
+    torch_threads: int = Field(0, ge=0)
+    """CPU threads of torch in the local trainer (0: torch's default)."""
     verl: RLVerl = RLVerl()
 
     @field_validator("rollouts_per_prompt")

@@ -38,6 +38,7 @@ class Batch:
     input_ids: torch.Tensor  # (B, L)
     attention_mask: torch.Tensor  # (B, L)
     position_ids: torch.Tensor  # (3, B, L) M-RoPE
+    image_slots: torch.Tensor  # (B, L) bool: placeholders that receive image features
     pixel_values: torch.Tensor | None
     image_grid_thw: torch.Tensor | None
     response_ids: torch.Tensor  # (B, R)
@@ -48,12 +49,25 @@ class Batch:
         return self.input_ids.shape[0]
 
 
-def encode_images(processor, images: Sequence[Any]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-    """pixel_values and image_grid_thw for images in order (None, None when there are none)."""
+def encode_images(
+    processor, images: Sequence[Any], image_token_id: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """pixel_values and image_grid_thw for images in order (None, None when there are none).
+
+    Each image is encoded alone by the engines' `tokens.encode` (a per-image pixel budget, so an
+    image already at its seen size passes unchanged, which it checks): the same pixels rollout saw.
+    """
+    from components.engines import tokens
+
     if not images:
         return None, None
-    out = processor.image_processor(images=list(images), return_tensors="pt")
-    return out["pixel_values"], out["image_grid_thw"]
+    encoded = [tokens.encode(processor, _PLACEHOLDER, [im], image_token_id) for im in images]
+    pixel_values = torch.cat([p for e in encoded for p in e.pixel_values])
+    grid = torch.tensor([g for e in encoded for g in e.grids], dtype=torch.long)
+    return pixel_values, grid
+
+
+_PLACEHOLDER = "<|vision_start|><|image_pad|><|vision_end|>"
 
 
 def collate(
@@ -68,7 +82,7 @@ def collate(
     merge = config.vision_config.spatial_merge_size
     if pad_token_id is None:
         pad_token_id = processor.tokenizer.pad_token_id or 0
-    seqs, resp_lens, prompt_lens, pixels, grids = [], [], [], [], []
+    seqs, slots, resp_lens, prompt_lens, pixels, grids = [], [], [], [], [], []
     for i, t in enumerate(trajectories):
         if len(t.response_ids) != len(t.response_mask):
             raise ValueError(
@@ -77,14 +91,18 @@ def collate(
         if not len(t.response_ids):
             raise ValueError(f"trajectory {i}: empty response")
         ids = list(t.prompt_ids) + list(t.response_ids)
-        pv, grid = encode_images(processor, t.images)
+        # An image pad the MODEL sampled is text to it (the engine fed it without pixels), so
+        # only the prompt's and the environment's pads receive image features.
+        sampled = [0] * len(t.prompt_ids) + [int(m) for m in t.response_mask]
+        slot = [x == image_token_id and not s for x, s in zip(ids, sampled, strict=True)]
+        pv, grid = encode_images(processor, t.images, image_token_id)
         expected = int((grid.prod(-1) // merge**2).sum()) if grid is not None else 0
-        found = sum(1 for x in ids if x == image_token_id)
-        if expected != found:
+        if expected != sum(slot):
             raise ValueError(
-                f"trajectory {i}: {found} image pad tokens but its {len(t.images)} images need {expected}"
+                f"trajectory {i}: {sum(slot)} image pad tokens but its {len(t.images)} images need {expected}"
             )
         seqs.append(ids)
+        slots.append(slot)
         prompt_lens.append(len(t.prompt_ids))
         resp_lens.append(len(t.response_ids))
         if pv is not None:
@@ -93,23 +111,28 @@ def collate(
     batch, length, rmax = len(seqs), max(map(len, seqs)), max(resp_lens)
     input_ids = torch.full((batch, length), pad_token_id, dtype=torch.long)
     attention_mask = torch.zeros((batch, length), dtype=torch.long)
+    image_slots = torch.zeros((batch, length), dtype=torch.bool)
     response_ids = torch.full((batch, rmax), pad_token_id, dtype=torch.long)
     response_mask = torch.zeros((batch, rmax), dtype=torch.float32)
     gather_index = torch.zeros((batch, rmax), dtype=torch.long)
-    for b, (ids, plen, rlen, t) in enumerate(zip(seqs, prompt_lens, resp_lens, trajectories, strict=True)):
+    for b, (ids, slot, plen, rlen, t) in enumerate(
+        zip(seqs, slots, prompt_lens, resp_lens, trajectories, strict=True)
+    ):
         input_ids[b, : len(ids)] = torch.tensor(ids, dtype=torch.long)
         attention_mask[b, : len(ids)] = 1
+        image_slots[b, : len(ids)] = torch.tensor(slot, dtype=torch.bool)
         response_ids[b, :rlen] = torch.tensor(list(t.response_ids), dtype=torch.long)
         response_mask[b, :rlen] = torch.tensor([float(m) for m in t.response_mask])
         # logits at position p predict token p + 1; padding points at a harmless position.
         gather_index[b, :rlen] = torch.arange(plen - 1, plen - 1 + rlen)
     pixel_values = torch.cat(pixels) if pixels else None
     image_grid_thw = torch.cat(grids) if grids else None
-    position_ids = rope_positions(model, input_ids, attention_mask, image_grid_thw)
+    position_ids = rope_positions(model, image_slots, attention_mask, image_grid_thw)
     return Batch(
         input_ids,
         attention_mask,
         position_ids,
+        image_slots,
         pixel_values,
         image_grid_thw,
         response_ids,
@@ -118,16 +141,14 @@ def collate(
     )
 
 
-def rope_positions(model, input_ids, attention_mask, image_grid_thw) -> torch.Tensor:
+def rope_positions(model, image_slots, attention_mask, image_grid_thw) -> torch.Tensor:
     """(3, B, L) M-RoPE positions from the model's `get_rope_index` (image tokens get 2-D ones)."""
-    inner = model.model
     if image_grid_thw is None:
         pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
         return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
-    mm_token_type_ids = (input_ids == model.config.image_token_id).int()
-    position_ids, _ = inner.get_rope_index(
-        input_ids,
-        mm_token_type_ids=mm_token_type_ids,
+    position_ids, _ = model.model.get_rope_index(
+        image_slots.long(),  # only its shape is read; the token types below decide
+        mm_token_type_ids=image_slots.int(),
         image_grid_thw=image_grid_thw,
         attention_mask=attention_mask,
     )
@@ -144,12 +165,18 @@ def response_logprobs(
     """
     from verl.utils.torch_functional import entropy_from_logits
 
-    out = model.model(
-        input_ids=batch.input_ids,
+    inner = model.model
+    embeds = inner.get_input_embeddings()(batch.input_ids)
+    if batch.pixel_values is not None:
+        # Scatter image features into the image slots ourselves (the model's own forward would
+        # also fill any image pad the model sampled, which then has no features).
+        features = inner.get_image_features(batch.pixel_values, batch.image_grid_thw).pooler_output
+        features = torch.cat(features, dim=0).to(embeds.dtype)
+        embeds = embeds.masked_scatter(batch.image_slots.unsqueeze(-1).expand_as(embeds), features)
+    out = inner(
+        inputs_embeds=embeds,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        pixel_values=batch.pixel_values,
-        image_grid_thw=batch.image_grid_thw,
         use_cache=False,
     )
     hidden = out.last_hidden_state  # (B, L, H)
