@@ -254,7 +254,7 @@ def merge_checkpoint(local_dir: str | Path, target_dir: str | Path, trust_remote
 # ---------------------------------------------------------------------------- the stage
 
 
-def _model_ref(path: str) -> str:
+def model_ref(path: str) -> str:
     """A local folder becomes absolute (the job runs elsewhere); a hub id stays as it is."""
     p = Path(path)
     return str(p.resolve()) if p.exists() else path
@@ -296,7 +296,7 @@ def prepare_job(params: Params, job_dir: str | Path) -> tuple[list[str], dict, P
     loggers, env_vars = tracking_env(params)
     checkpoint_dir = params.rl.verl.checkpoint_dir or str(Path(params.paths.checkpoints) / "rl_verl")
     inputs = vc.VerlInputs(
-        model_path=_model_ref(params.paths.sft_model),
+        model_path=model_ref(params.paths.sft_model),
         train_files=str(train.resolve()),
         val_files=str(val.resolve()),
         agent_loop_config=AGENT_LOOP_FILE,

@@ -184,7 +184,7 @@ def prepare_sft(params: Params, trajectories_path: str | Path, job_dir: str | Pa
     ).resolve()
     overrides = sft_overrides(
         params,
-        model_path=vl._model_ref(model or params.paths.base_model),
+        model_path=vl.model_ref(model or params.paths.base_model),
         train_files=str(traj.resolve()),
         checkpoint_dir=str(checkpoint_dir),
         steps=steps,
