@@ -305,6 +305,8 @@ class SFTConfig(Section):
     """Steps between checkpoints."""
     box_jitter: float = Field(0.08, ge=0, le=0.5)
     """Jitter of target boxes as a share of the box side."""
+    box_grid: int = Field(28, ge=0)
+    """Snap turn-1 boxes outward to this pixel grid (28: whole merged tokens); 0 keeps pixels."""
     missing_box_share: float = Field(0.1, ge=0, le=1)
     """Share of trajectories whose turn 1 has no valid box."""
     direct_share: float = Field(0.0, ge=0, le=1)

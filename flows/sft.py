@@ -129,7 +129,7 @@ def train_local(params, data_path: Path, resume: bool) -> dict:
         "first_loss": round(history[0]["loss"], 4),
         "final_loss": round(sum(h["loss"] for h in tail) / len(tail), 4),
         "seconds_per_step": round(sum(h["seconds"] for h in fresh) / max(1, len(fresh)), 3),
-        "tokens_per_s": round(
+        "mean_tokens_per_s": round(
             sum(h["tokens"] for h in fresh) / max(1e-9, sum(h["seconds"] for h in fresh)), 1
         ),
     }

@@ -6,7 +6,8 @@ RL and evaluation drive) is run with two scripted turns instead of a model:
    model sees: the target boxes (their union for two-object questions) mapped into the first
    view, each edge jittered by up to `sft.box_jitter` of the box side, then grown about its
    centre to the smallest valid box (`episode.grow_to_valid`, the oracle mode's rule) and kept
-   in the frame. With probability `sft.missing_box_share` turn 1 writes no box instead, so
+   in the frame; with `sft.box_grid` (default 28) it is instead snapped outward to whole
+   merged tokens. With probability `sft.missing_box_share` turn 1 writes no box instead, so
    the model also sees the invalid-box path (the episode then shows the first view again);
 2. the episode parses and validates that box, maps it to the original image, cuts and resizes
    the crop and writes the environment's turn-2 user message; turn 2 answers with one short
@@ -27,6 +28,7 @@ Departures from the paper (which has no SFT code): the answer line is a template
 
 from __future__ import annotations
 
+import math
 import random
 from collections import Counter
 from collections.abc import Iterable
@@ -89,15 +91,38 @@ def jitter_box(box: g.Box, rng: random.Random, share: float) -> g.Box:
     return (x1, y1, x2, y2)
 
 
+def snap_box(box: g.Box, size: tuple[int, int], grid: int, min_side: float) -> g.Box:
+    """Snap a seen-frame box outward to a `grid`-pixel lattice (kept in the frame), then widen a
+    side that is not above `min_side` by whole cells on the side with room.
+
+    Why: on the 28-px grid a box covers whole merged tokens (what the model sees as units) and
+    its coordinates take a few values per axis, which a tiny model learns to write; with free
+    pixel coordinates it wrote runs of digits in greedy decoding (measured, see flows/sft.py).
+    """
+    out = list(box)
+    for lo, hi, limit in ((0, 2, size[0]), (1, 3, size[1])):
+        out[lo] = max(0.0, math.floor(out[lo] / grid) * grid)
+        out[hi] = min(float(limit), math.ceil(out[hi] / grid) * grid)
+        while out[hi] - out[lo] <= min_side and (out[lo] > 0 or out[hi] < limit):
+            if out[hi] < limit:
+                out[hi] = min(float(limit), out[hi] + grid)
+            else:
+                out[lo] = max(0.0, out[lo] - grid)
+    return (out[0], out[1], out[2], out[3])
+
+
 def target_box_seen(
-    record: Record, episode: Episode, rng: random.Random, jitter: float, min_side: float
+    record: Record, episode: Episode, rng: random.Random, jitter: float, min_side: float, grid: int = 0
 ) -> g.Box:
-    """The turn-1 box: target boxes' union in the first view, jittered, grown to valid, in frame."""
+    """The turn-1 box: target boxes' union in the first view, jittered, kept in the frame, then
+    snapped to the grid (`grid` > 0) or grown about its centre to the smallest valid box."""
     frame = episode.frames[0]
     union = g.union([tuple(float(v) for v in b) for b in record.target_boxes])
     seen = jitter_box(frame.to_seen(union), rng, jitter)
     w, h = frame.size
     seen = (max(0.0, seen[0]), max(0.0, seen[1]), min(float(w), seen[2]), min(float(h), seen[3]))
+    if grid > 0:
+        return snap_box(seen, frame.size, grid, min_side)
     # +1: render_box rounds to integers, which may shave up to a pixel off a side.
     return grow_to_valid(seen, frame.size, min_side + 1)
 
@@ -141,7 +166,7 @@ def run_scripted_episode(
             kind, box, text = "mgpo_invalid", None, NO_BOX_LINE
         else:
             kind = "mgpo"
-            box = target_box_seen(record, episode, rng, sft.box_jitter, ep_cfg.min_box_side)
+            box = target_box_seen(record, episode, rng, sft.box_jitter, ep_cfg.min_box_side, sft.box_grid)
             text = prompts.render_box(templates, box, label=box_label(record))
         episode.step(_scripted(text))
         first = episode.turns[0]

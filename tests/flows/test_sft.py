@@ -94,4 +94,4 @@ def test_dvc_repro_sft_then_resume(repo_copy, run):
     run(repo, "mgpo", "sft", "--resume", "-S", "sft.max_steps=6", env=env, timeout=900)
     metrics = json.loads((repo / "results/sft/metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["resumed_from"] == 4
-    assert client.get_model_version_by_alias("mgpo-embedded", "sft").version == str(int(version.version) + 1)
+    assert int(client.get_model_version_by_alias("mgpo-embedded", "sft").version) == int(version.version) + 1
