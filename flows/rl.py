@@ -55,13 +55,23 @@ def _run_verl(params) -> dict:
             "rl.backend=verl: the verl plug-in (components/rl/verl_launch.py) is not installed in this "
             "checkout; use rl.backend=local or add the verl backend"
         ) from None
-    return dict(run_verl_rl(params) or {})
+    from components.rl import curves
+
+    summary = {"mode": params.rl.mode, "backend": "verl", **dict(run_verl_rl(params) or {})}
+    # The stage's DVC outputs exist for either backend; verl's curves are in its MLflow run.
+    rl_dir = Path(params.paths.rl_dir)
+    rl_dir.mkdir(parents=True, exist_ok=True)
+    (rl_dir / "metrics.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    curves.write_steps_csv([], rl_dir / "steps.csv")
+    curves.plot_emergence([], [], params.rl.mode, rl_dir / "emergence.png")
+    return summary
 
 
 def _run_local(params, resume: bool) -> dict:
     import mlflow
 
     from components.data.parquet import read_records
+    from components.evaluation.runner import first_view_budget
     from components.models.loading import load_bundle
     from components.rl import curves
     from components.rl.grpo import GRPOTrainer
@@ -83,7 +93,7 @@ def _run_local(params, resume: bool) -> dict:
         train,
         val,
         Path(paths.checkpoints) / "rl",
-        first_view=(params.model.min_pixels, params.model.max_pixels),
+        first_view=first_view_budget(processor),
         max_image_pixels=params.prepare.max_image_pixels,
     )
 
@@ -175,8 +185,9 @@ def rl_flow(
         summary["registered_version"] = str(version.version)
         summary["stage_seconds"] = round(time.perf_counter() - start, 1)
     print(f"rl: {json.dumps({k: v for k, v in summary.items() if not k.startswith('val_')})}")
-    print(f"rl: validation before {json.dumps(summary.get('val_before'))}")
-    print(f"rl: validation after  {json.dumps(summary.get('val_after'))}")
+    if "val_before" in summary:
+        print(f"rl: validation before {json.dumps(summary['val_before'])}")
+        print(f"rl: validation after  {json.dumps(summary['val_after'])}")
     return summary
 
 
