@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export HF_HUB_OFFLINE := 1
 
-.PHONY: setup pipeline test lint format clean
+.PHONY: setup pipeline test test-all lint format clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ pipeline: setup
 
 test: setup
 	$(BIN)/python -m pytest
+
+# Also the slow end-to-end tests (dvc repro of every stage in repo copies, Ray, Prefect servers).
+test-all: setup
+	$(BIN)/python -m pytest -m "slow or not slow"
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -21,6 +21,7 @@ Load a bundle: `TransformersEngine.from_pretrained("models/base")`.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -90,6 +91,15 @@ class TransformersEngine(Engine):
             path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
         ).to(device)
         return cls(model, processor, **kw)
+
+    def _stream_seed(self, seed: int | None, rows) -> int:
+        """The batch's sampling seed. With a seed it depends only on the seed and the batch's
+        record ids (so a resumed or re-chunked run samples the same); without one, batches
+        of this engine get successive streams."""
+        if seed is None:
+            return self._batches
+        key = f"{seed}|" + "|".join(str(getattr(r.episode.record, "id", "")) for r in rows)
+        return int(hashlib.sha256(key.encode()).hexdigest()[:15], 16)
 
     def reset(self) -> None:
         """Forget rows and caches (the sampling stream counter goes on, so batches differ)."""
@@ -199,8 +209,7 @@ class TransformersEngine(Engine):
         if all(not r.ids for r in rows):  # a new batch: a new sampling stream
             self._batches += 1
             self._generator = torch.Generator(device=self.device)
-            base = params.seed if params.seed is not None else 0
-            self._generator.manual_seed(base * 1_000_003 + self._batches)
+            self._generator.manual_seed(self._stream_seed(params.seed, rows))
         added = [self._extend(r) for r in rows]
         cache, attn = self._batch_state(rows)
         logits, cache, attn, next_pos = self._prefill(rows, cache, attn)
