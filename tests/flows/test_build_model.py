@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import mlflow
+import pytest
 
 
+@pytest.mark.slow  # a real `dvc repro` in a repo copy: Prefect + MLflow start-up dominate (1-3 min)
 def test_dvc_repro_build_model(repo_copy, run):
     run(repo_copy, "dvc", "repro", "build_model")
     assert (repo_copy / "models/base/config.json").is_file()
