@@ -86,10 +86,33 @@ def dvc_stages(root: str | Path) -> list[str]:
         return [st.name for st in order if getattr(st, "name", None)]
 
 
-def stage_env(parent_run_id: str, uri: str) -> dict[str, str]:
+def prefect_api_url() -> str | None:
+    """The Prefect API this flow runs against: the configured one, or its temporary server.
+
+    Stage commands get it, so that each does not start a temporary server of its own (about
+    27 s a stage on 2 cores) and their flow runs land in the same API as the pipeline's.
+    """
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if url:
+        return str(url)
+    try:  # the ephemeral API: Prefect's private handle on its temporary server
+        from prefect.server.api.server import SubprocessASGIServer
+
+        server = SubprocessASGIServer()
+        return server.api_url if server.running and server.port else None
+    except Exception:  # a Prefect without that internal: children start their own
+        return None
+
+
+def stage_env(parent_run_id: str, uri: str, prefect_url: str | None = None) -> dict[str, str]:
     from components.tracking import PARENT_ENV
 
-    return {**os.environ, PARENT_ENV: parent_run_id, "MLFLOW_TRACKING_URI": uri}
+    env = {**os.environ, PARENT_ENV: parent_run_id, "MLFLOW_TRACKING_URI": uri}
+    if prefect_url:
+        env["PREFECT_API_URL"] = prefect_url
+    return env
 
 
 def run_stage(stage: str, root: str | Path, env: dict[str, str], timeout_s: float = 0) -> dict:
@@ -142,8 +165,10 @@ def run_stage(stage: str, root: str | Path, env: dict[str, str], timeout_s: floa
     retry_condition_fn=_retry_transient,
     cache_policy=NO_CACHE,  # caching is DVC's job
 )
-def repro_task(stage: str, root: str, parent_run_id: str, uri: str, timeout_s: float = 0) -> dict:
-    return run_stage(stage, root, stage_env(parent_run_id, uri), timeout_s)
+def repro_task(
+    stage: str, root: str, parent_run_id: str, uri: str, timeout_s: float = 0, prefect_url: str | None = None
+) -> dict:
+    return run_stage(stage, root, stage_env(parent_run_id, uri, prefect_url), timeout_s)
 
 
 def apply_overrides_to_params_file(params_file: Path, overrides: list[str]) -> None:
@@ -190,12 +215,13 @@ def pipeline_flow(
         parent = mlflow.active_run().info.run_id
         apply_overrides_to_params_file(root / "params.yaml", overrides or [])
         client = MlflowClient()
+        api_url = prefect_api_url()
         results = []
         for stage in order:
             logger.info("stage %s", stage)
             try:
                 result = repro_task.with_options(retries=cfg.retries, retry_delay_seconds=cfg.retry_delay_s)(
-                    stage, str(root), parent, tracking_uri(params.tracking), cfg.stage_timeout_s
+                    stage, str(root), parent, tracking_uri(params.tracking), cfg.stage_timeout_s, api_url
                 )
             except StageFailed as exc:
                 mlflow.set_tag("mgpo.pipeline.failed_stage", stage)

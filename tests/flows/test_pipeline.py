@@ -138,3 +138,20 @@ def test_cli_pipeline_with_unreachable_prefect_fails_fast(toy_repo):
     assert "Prefect API http://127.0.0.1:9/api is unreachable" in proc.stderr
     assert not (toy_repo / "out").exists()
     print(f"mgpo pipeline with an unreachable Prefect API failed in {time.perf_counter() - start:.1f} s")
+
+
+def test_stages_share_the_flows_prefect_api(prefect_harness):
+    """Stage commands get the pipeline's Prefect API, instead of starting a server each."""
+    from prefect import flow
+
+    from flows.pipeline import prefect_api_url, stage_env
+
+    @flow
+    def probe() -> str | None:
+        return prefect_api_url()
+
+    url = probe()
+    assert url and url.startswith("http://127.0.0.1:") and url.endswith("/api")
+    check_prefect_api_env = stage_env("run123", "sqlite:///x.db", url)
+    assert check_prefect_api_env["PREFECT_API_URL"] == url
+    assert check_prefect_api_env["MGPO_PARENT_RUN_ID"] == "run123"
