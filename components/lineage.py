@@ -202,7 +202,7 @@ def describe(model_uri: str) -> dict:
     run = client.get_run(version.run_id) if version.run_id else None
     return {
         "model": name,
-        "version": version.version,
+        "version": str(version.version),
         "aliases": list(version.aliases),
         "run_id": version.run_id,
         "stage": version.tags.get("mgpo.stage"),
