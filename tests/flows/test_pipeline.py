@@ -18,7 +18,6 @@ import pytest
 
 from components import lineage
 from components.tracking import TrackingUnavailable
-from flows._stage import PrefectUnavailable, check_prefect_api
 from flows.pipeline import StageFailed, dvc_stages, is_transient, pipeline_flow
 
 VENV_BIN = Path(sys.executable).parent
@@ -115,12 +114,6 @@ def test_unreachable_tracking_server_fails_before_any_stage(toy_repo, prefect_ha
         pipeline_flow(str(toy_repo / "params.yaml"))
     assert time.perf_counter() - start < 30
     assert not (toy_repo / "out").exists()
-
-
-def test_unreachable_prefect_api_is_named(monkeypatch):
-    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    with pytest.raises(PrefectUnavailable, match=r"Prefect API http://127.0.0.1:9/api is unreachable"):
-        check_prefect_api(timeout=2)
 
 
 def test_cli_pipeline_with_unreachable_prefect_fails_fast(toy_repo):
