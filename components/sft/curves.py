@@ -20,14 +20,12 @@ def write_steps_csv(history: list[dict], path: str | Path) -> Path:
 
 
 def smooth(values: list[float], window: int) -> list[float]:
-    """Trailing mean over `window` values (the first ones average what exists)."""
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
+    """Centred moving mean over `window` values (shorter at the ends), so it does not lag."""
+    half = window // 2
+    return [
+        sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
+        for i in range(len(values))
+    ]
 
 
 def plot_loss(history: list[dict], path: str | Path, title: str = "SFT warmup") -> Path:
