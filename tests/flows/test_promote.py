@@ -99,6 +99,7 @@ def test_candidate_mismatch_reads_dvc_lock(tmp_path):
     assert candidate_mismatch(tmp_path, params, {}) is None  # not checkable outside DVC
 
 
+@pytest.mark.slow  # the whole gate through Prefect + MLflow + evaluation (1-2 min); test_registry covers the logic
 def test_promotion_gate_and_rollback(workdir, prefect_harness, monkeypatch):
     monkeypatch.chdir(workdir)
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -135,6 +135,7 @@ def test_an_engine_fault_drops_only_the_rollout_that_raises(tiny_bundle, records
     assert math.isfinite(metrics["loss"])
 
 
+@pytest.mark.slow  # two full trainer runs on the tiny model (about 1 min)
 def test_resume_ends_where_the_uninterrupted_run_ends(tiny_bundle, records, tmp_path):
     full = trainer_for(tiny_bundle, records, tmp_path / "a")
     done = full.run()
