@@ -130,7 +130,7 @@ def test_stage_run_and_model_version_carry_lineage(dvc_repo, tmp_path, monkeypat
 
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     info = lineage.describe("models:/lineage-model@candidate")
-    assert info["run_id"] == run.info.run_id and info["version"] == version.version
+    assert info["run_id"] == run.info.run_id and info["version"] == str(version.version)
     assert info["inputs"] == {"data": entry["deps"]["data"]}
     assert info["outputs"] == {"out": entry["outs"]["out"]}
     assert info["params"]["make.size"] == "3" and info["git_commit"] == tags["mgpo.git_commit"]
