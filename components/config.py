@@ -376,6 +376,8 @@ class RLConfig(Section):
     """Max gradient norm."""
     norm_adv_by_std: bool = True
     """GRPO: divide advantages by the group's std."""
+    filter_groups: bool = True
+    """Leave groups whose rewards are all equal out of the update (false: keep them, as verl)."""
     temperature: float = Field(1.0, gt=0)
     """Rollout sampling temperature."""
     checkpoint_every: int = Field(10, ge=1)

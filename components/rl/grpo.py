@@ -16,9 +16,13 @@ and at the end; a `direct` run also validates the mgpo protocol, so its valid-bo
 compared with MGPO's.
 
 Departures from the paper (7B on 32 H100s): the budget (group size, batch, lr, steps, tokens)
-is scaled to a tiny model on CPU (params `rl`); old log-probs equal the current ones when there
-is one mini-batch and one epoch (on-policy, as verl does then); a step is not started when, by
-the mean step time so far, it would end past `rl.time_budget_s`.
+is scaled to a tiny model on CPU (params `rl`); with `rl.filter_groups` (default) groups whose
+rewards are all equal are left out of the update, as DAPO's dynamic-sampling filter (without
+resampling): they carry no policy gradient, and with Adam their KL/entropy-only gradient turned
+into full-size drift steps on the tiny model (measured: KL 0.5 and truncated answers after 10
+steps); old log-probs equal the current ones when there is one mini-batch and one epoch
+(on-policy, as verl does then); a step is not started when, by the mean step time so far, it
+would end past `rl.time_budget_s`.
 Run: `mgpo rl` (flows/rl.py), `mgpo rl -S rl.mode=direct`, `mgpo rl --resume`.
 """
 
@@ -286,17 +290,25 @@ class GRPOTrainer:
             skipped_groups=float(len(skipped)),
             rollout_seconds=rollout_s,
         )
+        by_group: dict[int, set] = {}
+        for r, s in zip(usable, rewards, strict=True):
+            by_group.setdefault(r.group, set()).add(s)
+        flat = {g for g, v in by_group.items() if len(v) == 1}
+        metrics["zero_variance_groups"] = float(len(flat))
+        if cfg.filter_groups:
+            # A group whose rewards are all equal has zero advantage: no policy-gradient signal,
+            # only KL/entropy terms, which Adam would scale up to a full-size step of drift.
+            rewards = [s for r, s in zip(usable, rewards, strict=True) if r.group not in flat]
+            usable = [r for r in usable if r.group not in flat]
         if usable:
             adv = group_advantages(rewards, [r.group for r in usable], cfg.norm_adv_by_std)
-            by_group: dict[int, set] = {}
-            for r, s in zip(usable, rewards, strict=True):
-                by_group.setdefault(r.group, set()).add(s)
-            metrics["zero_variance_groups"] = float(sum(len(v) == 1 for v in by_group.values()))
             t0 = time.perf_counter()
             metrics.update(self.update(usable, adv))
             metrics["update_seconds"] = time.perf_counter() - t0
+            metrics["updated"] = 1.0
         else:
-            log.warning("step %d: no group has 2 rollouts; no update", step + 1)
+            log.info("step %d: no group with a reward signal; no update", step + 1)
+            metrics["updated"] = 0.0
         metrics["seconds_per_step"] = time.perf_counter() - start
         reasons = [f"step {step + 1} record {f.record_id}: {f.reason}" for f in failures]
         return metrics, reasons

@@ -27,6 +27,7 @@ RL = [
     "rl.checkpoint_every=1",
     "rl.val_every=10",
     "rl.lr=0.001",
+    "rl.filter_groups=false",  # a random model's groups all score 0: keep them so steps update
 ]
 
 
@@ -89,6 +90,19 @@ def test_a_real_engine_step_recomputes_the_sampled_logprobs(tiny_bundle, records
     assert math.isfinite(metrics["kl"]) and metrics["kl"] >= 0
     assert 0 < metrics["response_tokens_per_turn"] <= 6
     assert metrics["seconds_per_step"] > 0
+
+
+def test_groups_without_a_reward_signal_are_left_out_of_the_update(tiny_bundle, records, tmp_path):
+    tr = trainer_for(tiny_bundle, records, tmp_path, "rl.filter_groups=true")
+    before = params_of(tr.model)
+    metrics, _ = tr.step()
+    # a random-weight model never answers right: every group is flat, so nothing is updated
+    assert metrics["zero_variance_groups"] == 2 and metrics["updated"] == 0.0 and "loss" not in metrics
+    assert all(torch.equal(v, tr.model.state_dict()[k]) for k, v in before.items())
+
+    tr = trainer_for(tiny_bundle, records, tmp_path, "rl.filter_groups=true", cls=ScriptedTrainer)
+    metrics, _ = tr.step()
+    assert metrics["updated"] == 1.0 and metrics["zero_variance_groups"] == 0
 
 
 def test_a_bad_image_drops_its_rollouts_and_skips_its_group(tiny_bundle, records, tmp_path):
