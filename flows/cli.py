@@ -85,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mgpo {args.command}: this stage is not built yet ({module_name} is missing)", file=sys.stderr)
         return 2
     from components.config import ParamsError
+    from components.tracking import TrackingUnavailable
+    from flows._stage import PrefectUnavailable
 
     options = {k: v for k, v in vars(args).items() if k not in {"command", "params", "overrides"}}
     try:
         return int(module.run(args.params, args.overrides, **options) or 0)
-    except ParamsError as exc:
+    except (ParamsError, TrackingUnavailable, PrefectUnavailable) as exc:
         print(f"mgpo {args.command}: {exc}", file=sys.stderr)
         return 2
 
