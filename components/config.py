@@ -346,23 +346,23 @@ class RLConfig(Section):
     """mgpo (multi-turn grounding) or direct (single-turn GRPO baseline)."""
     seed: int = 0
     """Sampling and data-order seed."""
-    max_steps: int = Field(40, ge=1)
+    max_steps: int = Field(20, ge=1)
     """GRPO steps at most."""
-    time_budget_s: float = Field(420, gt=0)
+    time_budget_s: float = Field(360, gt=0)
     """Seconds of training at most, over resumes: a step that would end past it is not started."""
     train_data: str = "data/processed/synthetic/train.parquet"
     """Canonical parquet of the RL train questions."""
     val_data: str = "data/processed/synthetic/val.parquet"
     """Canonical parquet of the validation questions."""
-    prompts_per_step: int = Field(8, ge=1)
+    prompts_per_step: int = Field(4, ge=1)
     """Questions sampled per step."""
     rollouts_per_prompt: int = 4
     """Episodes per question (the GRPO group size)."""
-    prompts_per_mini_batch: int = Field(8, ge=1)
+    prompts_per_mini_batch: int = Field(4, ge=1)
     """Questions per optimizer mini-batch."""
     ppo_epochs: int = Field(1, ge=1)
     """Passes over each step's rollouts."""
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(2e-5, gt=0)
     """AdamW learning rate."""
     weight_decay: float = Field(0.0, ge=0)
     """AdamW weight decay."""
@@ -380,7 +380,7 @@ class RLConfig(Section):
     """Leave groups whose rewards are all equal out of the update (false: keep them, as verl)."""
     temperature: float = Field(1.0, gt=0)
     """Rollout sampling temperature."""
-    checkpoint_every: int = Field(10, ge=1)
+    checkpoint_every: int = Field(5, ge=1)
     """Steps between checkpoints."""
     val_every: int = Field(10, ge=1)
     """Steps between greedy validation passes."""
@@ -388,7 +388,7 @@ class RLConfig(Section):
     """Val questions per validation pass."""
     rollout_batch_size: int = Field(32, ge=1)
     """Episodes generated together by the local engine."""
-    torch_threads: int = Field(0, ge=0)
+    torch_threads: int = Field(1, ge=0)
     """CPU threads of torch in the local trainer (0: torch's default)."""
     verl: RLVerl = RLVerl()
 
