@@ -99,10 +99,11 @@ def _run_local(params, resume: bool) -> dict:
 
     def on_step(step: int, metrics: dict) -> None:
         mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        boxes = f"valid boxes {metrics['valid_box_ratio']:.2f} " if "valid_box_ratio" in metrics else ""
+        update = f"kl {metrics['kl']:.4f} " if "kl" in metrics else "no update "
         print(
-            f"rl step {step}/{cfg.max_steps}: reward {metrics.get('reward_mean', 0):.3f} "
-            f"valid boxes {metrics.get('valid_box_ratio', float('nan')):.2f} "
-            f"kl {metrics.get('kl', 0):.4f} {metrics['seconds_per_step']:.1f}s",
+            f"rl step {step}/{cfg.max_steps}: reward {metrics.get('reward_mean', 0):.3f} {boxes}{update}"
+            f"{metrics['seconds_per_step']:.1f}s",
             flush=True,
         )
 
