@@ -339,7 +339,7 @@ def _log_artifacts(paths: list[Path]) -> None:
 def run_verl_rl(params: Params, echo: Callable[[str], None] | None = print) -> dict:
     """Run MGPO GRPO with verl on the Ray cluster at RAY_ADDRESS and merge the result.
 
-    `params` is the whole `Params` object (components/config.py). Returns `{job_id, status,
+    `params` is the whole `Params` object (components/config/). Returns `{job_id, status,
     global_step, model_dir, checkpoint, resolved_config, seconds}`; raises `VerlConfigError` for
     params verl cannot take, `VerlJobFailed` when the job fails, and `CheckpointNotFound` when no
     checkpoint is visible afterwards. See the module docstring for what it does step by step.

@@ -235,7 +235,7 @@ def run_verl_sft(
 ) -> dict:
     """Train on `trajectories_path` with verl's SFT trainer; merge into `paths.sft_model`.
 
-    `params` is the whole `Params` object (components/config.py); `model` defaults to
+    `params` is the whole `Params` object (components/config/); `model` defaults to
     `paths.base_model`. Needs CUDA GPUs (locally for `run_on: local`, on the cluster at
     RAY_ADDRESS for `run_on: ray`). Returns `{backend, run_on, global_step, total_steps,
     model_dir, checkpoint, resolved_config, seconds, job_id}`; raises `VerlConfigError`,

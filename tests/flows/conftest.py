@@ -35,7 +35,7 @@ with stage_run(stage, Tracking(), {"toy": {"stage": stage}}):
     (out / "done.txt").write_text(stage)
 """
 
-# Only what differs from the defaults of components/config.py (so it stays valid as sections grow).
+# Only what differs from the defaults of components/config/ (so it stays valid as sections grow).
 TOY_PARAMS = """
 prepare:
   seed: 0

@@ -78,7 +78,10 @@ def test_prepare_job_writes_the_job_folder(tmp_path, tiny):
     assert cfg["data"]["train_files"] == str(Path(p.rl.train_data).resolve())
     assert cfg["actor_rollout_ref"]["model"]["path"] == str(tiny.resolve())
     notes = (tmp_path / "job" / "overrides.txt").read_text()
-    assert f"data.train_batch_size={p.rl.prompts_per_step}" in notes and "# rl.prompts_per_step (prompts)" in notes
+    assert (
+        f"data.train_batch_size={p.rl.prompts_per_step}" in notes
+        and "# rl.prompts_per_step (prompts)" in notes
+    )
 
 
 def test_missing_data_is_named(tmp_path, tiny):

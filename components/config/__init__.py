@@ -1,0 +1,62 @@
+"""Typed parameters: the one loader for `params.yaml`.
+
+`load_params(path, overrides)` reads the YAML, applies `key.path=value` overrides and
+validates everything with pydantic. Unknown keys, wrong types and impossible values raise
+`ParamsError` naming the key path and the reason, e.g.
+`rl.rollouts_per_prompt: rollouts per prompt must be >= 2 for GRPO`.
+Stage code receives only its own section (plus the shared `paths`, `tracking`, `episode`).
+"""
+
+from components.config.base import ParamsError, Section
+from components.config.loader import (
+    Params,
+    apply_overrides,
+    format_errors,
+    load_params,
+    parse_override,
+    validate_params,
+)
+from components.config.sections import (
+    BenchmarkSource,
+    EpisodeConfig,
+    ModelConfig,
+    Paths,
+    PrepareConfig,
+    ScaleSweep,
+    Split4K,
+    SyntheticConfig,
+    TextConfig,
+    Tracking,
+    VisionConfig,
+)
+from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig
+from components.config.training import RLConfig, RLVerl, SFTConfig, SFTVerl
+
+__all__ = [
+    "BenchmarkSource",
+    "EpisodeConfig",
+    "EvaluateConfig",
+    "ModelConfig",
+    "Params",
+    "ParamsError",
+    "Paths",
+    "PipelineConfig",
+    "PrepareConfig",
+    "PromoteConfig",
+    "RLConfig",
+    "RLVerl",
+    "SFTConfig",
+    "SFTVerl",
+    "ScaleSweep",
+    "Section",
+    "Split4K",
+    "SyntheticConfig",
+    "TextConfig",
+    "Tracking",
+    "VisionConfig",
+    "apply_overrides",
+    "format_errors",
+    "load_params",
+    "parse_override",
+    "validate_params",
+]
