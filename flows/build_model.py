@@ -1,8 +1,10 @@
 """Stage `build_model`: the embedded tiny Qwen2.5-VL bundle, or a check of an external model.
 
 With `model.source: tiny` (default) it builds tokenizer, processor and random-weight model
-offline, deterministically from `model.seed`, into `paths.base_model`. With a Hugging Face id or
-a local path it only checks that the model's config and processor load, and records them.
+offline, deterministically from `model.seed`, into `paths.base_model`. With a Hugging Face id, a
+local folder or a `models:/<name>@<alias>` URI it copies the model's files into `paths.base_model`
+(so DVC versions the exact weights every later stage starts from) and checks that its config and
+processor load.
 Departure from the paper: the paper starts from Qwen2.5-VL-7B-Instruct (set `model.source`).
 
 Run: `mgpo build-model` (DVC: `dvc repro build_model`).
@@ -23,7 +25,7 @@ from flows._stage import params_for
 def build_model_flow(params_path: str = "params.yaml", overrides: list[str] | None = None) -> dict:
     import mlflow
 
-    from components.models.loading import describe_external
+    from components.models.loading import materialize_external
     from components.models.tiny import build_tiny_bundle
     from components.tracking import stage_run
 
@@ -34,7 +36,7 @@ def build_model_flow(params_path: str = "params.yaml", overrides: list[str] | No
         if cfg.source == "tiny":
             info = build_tiny_bundle(cfg, paths.base_model, params.episode.templates)
         else:
-            info = describe_external(cfg.source, cfg.trust_remote_code)
+            info = materialize_external(cfg.source, paths.base_model, cfg.trust_remote_code)
         info["seconds"] = round(time.perf_counter() - start, 2)
         mlflow.log_dict(info["config"], "model_config.json")
         metrics = {k: info[k] for k in ("parameters", "bundle_bytes", "vocab_size") if k in info}
