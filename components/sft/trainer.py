@@ -124,7 +124,15 @@ def encode_trajectory(messages: list[dict], images: list, processor) -> dict[str
     except tokens.TokenizationError as exc:
         raise TrajectoryFormatError(str(exc)) from None
     input_ids = torch.tensor(enc.ids, dtype=torch.long)
-    out = {"input_ids": input_ids, "loss_mask": assistant_token_mask(input_ids, processor.tokenizer)}
+    out = {
+        "input_ids": input_ids,
+        "loss_mask": assistant_token_mask(input_ids, processor.tokenizer),
+        # Without it transformers' Qwen2.5-VL gives every token a 1-D position (its fallback),
+        # while generation, the engines and the RL update use the 3-D M-RoPE positions of the
+        # image tokens: a model trained on the fallback reads its own prompts wrongly at
+        # inference (measured: 87% next-token accuracy teacher-forced, no valid box generated).
+        "mm_token_type_ids": (input_ids == image_token_id).int(),
+    }
     if images:
         out["pixel_values"] = torch.cat(enc.pixel_values)
         out["image_grid_thw"] = torch.tensor(enc.grids, dtype=torch.long)
@@ -137,12 +145,19 @@ def collate(examples: list[dict[str, torch.Tensor]], pad_id: int) -> dict[str, t
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(examples), length), dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    token_types = torch.zeros((len(examples), length), dtype=torch.int)
     for row, e in enumerate(examples):
         n = len(e["input_ids"])
         ids[row, :n] = e["input_ids"]
         attention[row, :n] = 1
         labels[row, :n] = torch.where(e["loss_mask"].bool(), e["input_ids"], torch.tensor(-100))
-    batch = {"input_ids": ids, "attention_mask": attention, "labels": labels}
+        token_types[row, :n] = e["mm_token_type_ids"]
+    batch = {
+        "input_ids": ids,
+        "attention_mask": attention,
+        "labels": labels,
+        "mm_token_type_ids": token_types,
+    }
     with_images = [e for e in examples if "pixel_values" in e]
     if with_images:
         batch["pixel_values"] = torch.cat([e["pixel_values"] for e in with_images])

@@ -90,6 +90,38 @@ def test_verl_reads_the_same_tokens_and_mask(bundle, handmade):
     assert torch.equal(theirs["multi_modal_inputs"]["pixel_values"], ours["pixel_values"])
 
 
+def test_training_sees_the_positions_generation_uses(bundle, handmade):
+    """The trainer's forward gives the prompt the logits generation gives it (same M-RoPE).
+
+    Regression: without mm_token_type_ids transformers falls back to 1-D positions, so a model
+    trained that way met other positions at inference and generated no valid box.
+    """
+    model, processor = bundle
+    data = T.TrajectoryData(handmade, processor)
+    row = data.rows[0]
+    messages = row["messages"]
+    first_answer = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    chat, n_images = T.to_chat_messages(messages[:first_answer])
+    prompt = processor.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    images = [T.load_original(img["bytes"], name="test") for img in row["images"]]
+    inference = processor(text=[prompt], images=images[:n_images], return_tensors="pt")
+    length = inference["input_ids"].shape[1]
+    # Right-padded beside a longer trajectory, as in training.
+    batch = T.collate([data.encode(0), data.encode(1)], processor.tokenizer.pad_token_id)
+    assert torch.equal(batch["input_ids"][0, :length], inference["input_ids"][0])
+    with torch.no_grad():
+        trained = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[0, length - 1]
+        generated = model(**inference).logits[0, -1]
+        fallback = model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            image_grid_thw=batch["image_grid_thw"],
+        ).logits[0, length - 1]
+    assert torch.allclose(trained, generated, atol=1e-4)
+    assert not torch.allclose(fallback, generated, atol=1e-4)  # the test can tell the two apart
+
+
 def test_sample_order_is_a_function_of_position():
     whole = T.sample_order(5, seed=3, start=0, count=12)
     assert sorted(whole[:5]) == list(range(5)) and sorted(whole[5:10]) == list(range(5))
