@@ -1,5 +1,6 @@
 # Two commands on a fresh machine:
-#   make pipeline   set up .venv (first time) and run the embedded pipeline with `dvc repro`
+#   make pipeline   set up .venv (first time) and run the embedded pipeline (`dvc repro` stage by
+#                   stage under one Prefect flow and one parent MLflow run: `mgpo pipeline`)
 #   make test       set up .venv (first time) and run the whole test suite
 PYTHON ?= python3
 VENV := .venv
@@ -20,7 +21,7 @@ $(VENV)/.installed: constraints/cpu.txt pyproject.toml
 	touch $@
 
 pipeline: setup
-	$(BIN)/dvc repro
+	$(BIN)/mgpo pipeline
 
 test: setup
 	$(BIN)/python -m pytest

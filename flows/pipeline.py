@@ -242,6 +242,14 @@ def pipeline_flow(
     for r in results:
         print(f"pipeline: {r['stage']:<12} {'ran' if r['ran'] else 'skipped':<8} {r['seconds']:8.1f} s")
     print(f"pipeline: total {total:.1f} s; MLflow parent run {parent}")
+    report = Path(params.paths.eval_dir) / "report.html"
+    if report.is_file():
+        print(f"pipeline: evaluation report {report}")
+    try:
+        champion = client.get_model_version_by_alias(params.tracking.registered_model, "champion")
+        print(f"pipeline: models:/{params.tracking.registered_model}@champion is version {champion.version}")
+    except Exception:  # no registered model or no champion yet: nothing to point at
+        pass
     return summary
 
 
