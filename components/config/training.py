@@ -37,7 +37,7 @@ class SFTConfig(Section):
     """Canonical parquet of the records the trajectories are built from."""
     seed: int = 0
     """Data order and jitter seed."""
-    max_steps: int = Field(150, ge=1)
+    max_steps: int = Field(250, ge=1)
     """Optimizer steps."""
     samples_per_micro_batch: int = Field(8, ge=1)
     """Trajectories per forward/backward."""
