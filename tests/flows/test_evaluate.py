@@ -77,6 +77,10 @@ def test_dvc_repro_evaluate(repo_copy, run):
     data["evaluate"].update(
         {
             "models": {"base": "models/base", "rl": "models/rl"},
+            "benchmarks": {
+                "synthetic_test": "data/processed/synthetic/test.parquet",
+                "scale_sweep": "data/processed/synthetic/scale_sweep.parquet",
+            },
             "max_samples": 3,
             "batch_size": 3,
             "report_cards": 2,
