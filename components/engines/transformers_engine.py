@@ -69,10 +69,6 @@ class TransformersEngine(Engine):
         self.reuse_kv = reuse_kv
         tok = processor.tokenizer
         self.image_token_id = model.config.image_token_id
-        names = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-        self.vision_ids = sorted(
-            {i for i in tok.convert_tokens_to_ids(list(names)) if isinstance(i, int) and i >= 0}
-        )
         self.stop_ids = {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
         self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = (
@@ -223,9 +219,6 @@ class TransformersEngine(Engine):
         out_lp: list[list[float]] = [[] for _ in range(b)]
         finished = [False] * b
         for _ in range(params.max_new_tokens):
-            # Vision tokens are the processor's and the environment's, never the model's: a
-            # sampled <|image_pad|> would be read as an image slot by M-RoPE in the next turn.
-            logits[:, self.vision_ids] = float("-inf")
             if params.temperature > 0:
                 logp = torch.log_softmax(logits / params.temperature, dim=-1)
                 picked = torch.multinomial(logp.exp(), 1, generator=self._generator).squeeze(1)
