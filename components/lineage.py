@@ -25,8 +25,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 PREFIX = "mgpo.dvc."
 STAGE_TAG = PREFIX + "stage"
 DIGEST_TAG = PREFIX + "inputs_digest"
@@ -74,9 +72,13 @@ def read_lock(root: str | Path) -> dict[str, dict]:
     path = Path(root) / "dvc.lock"
     if not path.is_file():
         return {}
+    from dvc.utils.serialize import YAMLFileCorruptedError, parse_yaml
+
+    # DVC's own YAML 1.2 reader: PyYAML (YAML 1.1) reads a float DVC wrote as `2e-05` as a
+    # string, so the lock's params would never equal the values DVC hashed at the stage's start.
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+        data = parse_yaml(path.read_text(), str(path)) or {}
+    except YAMLFileCorruptedError as exc:
         raise LineageError(f"{path} is not valid YAML: {exc}") from exc
     stages = data.get("stages") or {}
     out: dict[str, dict] = {}

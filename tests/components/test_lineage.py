@@ -104,6 +104,20 @@ def test_inputs_computed_now_match_what_dvc_locked(dvc_repo):
         lineage.current_inputs(dvc_repo, "nope")
 
 
+def test_a_float_dvc_writes_in_e_notation_still_matches(dvc_repo):
+    """Regression: DVC writes 0.00002 to dvc.lock as `2e-05`, which YAML 1.1 reads as a string;
+    the lock must be read the way DVC reads it, or no stage run ever matches its lock entry."""
+    (dvc_repo / "params.yaml").write_text("make:\n  size: 3\n  lr: 0.00002\n")
+    dvc_yaml = (dvc_repo / "dvc.yaml").read_text().replace("params: [make.size]", "params: [make]")
+    (dvc_repo / "dvc.yaml").write_text(dvc_yaml)
+    subprocess.run([str(VENV_BIN / "dvc"), "repro", "-q"], cwd=dvc_repo, check=True)
+    assert "lr: 2e-05" in (dvc_repo / "dvc.lock").read_text()
+    now = lineage.current_inputs(dvc_repo, "make")
+    entry = lineage.read_lock(dvc_repo)["make"]
+    assert entry["params"]["params.yaml"]["make"]["lr"] == 2e-05
+    assert lineage.inputs_digest(now["deps"], now["params"]) == lineage.lock_digest(entry)
+
+
 def test_stage_run_and_model_version_carry_lineage(dvc_repo, tmp_path, monkeypatch):
     """A stage run as DVC would start it: tags at the start, outputs after finalize, on run and version."""
     monkeypatch.chdir(dvc_repo)
