@@ -234,15 +234,14 @@ def pipeline_flow(
             results.append(result)
         total = sum(r["seconds"] for r in results)
         mlflow.log_metric("pipeline_seconds", total)
-        promotion = Path(params.paths.promotion)
-        promotion = promotion if promotion.is_absolute() else root / promotion
+        promotion = root / params.paths.promotion  # an absolute path stays as it is
         if "promote" in order and promotion.is_file():
             mlflow.log_artifact(str(promotion))
     summary = {"parent_run_id": parent, "stages": results, "seconds": round(total, 2)}
     for r in results:
         print(f"pipeline: {r['stage']:<12} {'ran' if r['ran'] else 'skipped':<8} {r['seconds']:8.1f} s")
     print(f"pipeline: total {total:.1f} s; MLflow parent run {parent}")
-    report = Path(params.paths.eval_dir) / "report.html"
+    report = root / params.paths.eval_dir / "report.html"
     if report.is_file():
         print(f"pipeline: evaluation report {report}")
     try:
