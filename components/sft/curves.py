@@ -22,10 +22,8 @@ def write_steps_csv(history: list[dict], path: str | Path) -> Path:
 def smooth(values: list[float], window: int) -> list[float]:
     """Centred moving mean over `window` values (shorter at the ends), so it does not lag."""
     half = window // 2
-    return [
-        sum(values[max(0, i - half) : i + half + 1]) / len(values[max(0, i - half) : i + half + 1])
-        for i in range(len(values))
-    ]
+    spans = (values[max(0, i - half) : i + half + 1] for i in range(len(values)))
+    return [sum(span) / len(span) for span in spans]
 
 
 def plot_loss(history: list[dict], path: str | Path, title: str = "SFT warmup") -> Path:
