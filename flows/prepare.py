@@ -87,6 +87,7 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
         params.model.max_pixels,
         params.episode.crop_min_pixels,
         params.episode.crop_max_pixels,
+        params.model.vision.patch_size,
     )
     sections = {"prepare": prepare, "views": views.__dict__, "paths": {"processed_dir": paths.processed_dir}}
     summary: dict[str, dict] = {}

@@ -60,6 +60,8 @@ class TextConfig(Section):
     """M-RoPE split of head_dim/2 into (time, height, width)."""
     max_position_embeddings: int = Field(4096, gt=0)
     """Longest sequence the rotary embedding covers."""
+    rope_theta: float = Field(10000.0, gt=1.0)
+    """Rotary base; smaller turns the rotary angle faster per position (Qwen2.5-VL: 1e6)."""
 
     @model_validator(mode="after")
     def _heads(self) -> TextConfig:
@@ -167,6 +169,8 @@ class SyntheticConfig(Section):
     """Other named objects in attribute images (their patterns are wrong options)."""
     clutter_density: float = Field(0.5, ge=0, le=1)
     """Background texture strength."""
+    position_tint: float = Field(0.0, ge=0, le=1)
+    """Strength of the background's position gradient (red along x, blue along y); 0 = none."""
     attribute_share: float = Field(0.75, ge=0, le=1)
     """Share of attribute questions (the rest are spatial)."""
     num_options: int = Field(4, ge=2, le=5)

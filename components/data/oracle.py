@@ -7,14 +7,17 @@ from two views, with the same code the episode uses (`components.grounding`):
 (b) the first view, the whole image shrunk into the model's budget (`model.min_pixels`..
     `max_pixels`, transformers' `smart_resize`, bicubic like the Qwen processor), looking at
     the same box mapped into that frame: should be near chance (1 / number of options).
-The classifier reads the central part of the box (inside the frame) and picks the option whose
-colour axis (colour 1 minus colour 2) carries the most pixel variance: a checkerboard of that
-pair varies along exactly that axis. Below MIN_CONTRAST (rms gray levels along the best axis)
-there is no pattern to see, and the oracle guesses (a fixed pseudo-random option per record id).
-The manifest also reports the raw argmax without that floor and the signal levels in both
-views, so the floor's effect is visible: with 4-px cells the first view keeps < 1 level of the
-pattern while the crop keeps ~100; with 8-px cells the first view keeps 8-30 levels (the cells'
-frequency sits at the first view's Nyquist limit) and the pattern stays legible there.
+The classifier reads what a patch embedding sees: the image is cut into the model's patches
+(`patch` px, 14 for Qwen2.5-VL, aligned to the image origin as the processor cuts them), each
+patch is reduced to its mean colour, and the patches whose centres lie in the central part of
+the box are compared. It picks the option whose colour axis (colour 1 minus colour 2) carries
+the most variance across those patch means: a checkerboard whose cells are whole patches varies
+along exactly that axis. A pattern finer than a patch averages to the same gray in every patch
+and is invisible here, as it is to the model's patch embedding (a pixel-variance classifier
+reported 100% on 4-px cells that no model could read). Below MIN_CONTRAST (rms gray levels
+along the best axis) there is no pattern to see, and the oracle guesses (a fixed pseudo-random
+option per record id). The manifest also reports the raw argmax without that floor and the
+signal levels in both views, so the floor's effect is visible.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from components import grounding
 from components.data.record import Record
 from components.data.synthetic import PAIRS
 
-CENTRAL_SHARE = 0.4  # side share of the box read by the classifier: well inside a 12% frame
+CENTRAL_SHARE = 0.7  # side share of the box read by the classifier: inside the 12% frame (76% inner)
 MIN_CONTRAST = 4.0  # rms gray levels along a pair's axis below which no pattern is visible
 
 
@@ -42,6 +45,8 @@ class Views:
     max_pixels: int
     crop_min_pixels: int
     crop_max_pixels: int
+    patch: int = 14
+    """Patch side of the model's vision tower (pixels)."""
 
 
 def applies(record: Record) -> bool:
@@ -53,15 +58,23 @@ def applies(record: Record) -> bool:
     )
 
 
-def central_pixels(image: Image.Image, box: tuple[float, float, float, float]) -> np.ndarray:
-    """RGB pixels (N x 3, float) of the central CENTRAL_SHARE of `box` (at least one pixel)."""
+def central_patches(image: Image.Image, box: tuple[float, float, float, float], patch: int) -> np.ndarray:
+    """Mean RGB colours (N x 3, float) of the `patch`-px patches whose centres lie in the central
+    CENTRAL_SHARE of `box` (at least the patch holding the box's centre)."""
+    arr = np.asarray(image.convert("RGB"), dtype=np.float64)
+    rows, cols = arr.shape[0] // patch, arr.shape[1] // patch
+    means = arr[: rows * patch, : cols * patch].reshape(rows, patch, cols, patch, 3).mean(axis=(1, 3))
     x1, y1, x2, y2 = box
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
     hw, hh = (x2 - x1) * CENTRAL_SHARE / 2, (y2 - y1) * CENTRAL_SHARE / 2
-    left, top = int(np.floor(cx - hw)), int(np.floor(cy - hh))
-    right, bottom = max(left + 1, int(np.ceil(cx + hw))), max(top + 1, int(np.ceil(cy + hh)))
-    arr = np.asarray(image.crop((left, top, right, bottom)).convert("RGB"), dtype=np.float64)
-    return arr.reshape(-1, 3)
+    centres = (np.arange(cols) + 0.5) * patch, (np.arange(rows) + 0.5) * patch
+    keep_x = np.abs(centres[0] - cx) <= hw
+    keep_y = np.abs(centres[1] - cy) <= hh
+    if not keep_x.any():
+        keep_x[min(cols - 1, int(cx // patch))] = True
+    if not keep_y.any():
+        keep_y[min(rows - 1, int(cy // patch))] = True
+    return means[np.ix_(keep_y, keep_x)].reshape(-1, 3)
 
 
 def axis_rms(pixels: np.ndarray, options: list[str]) -> np.ndarray:
@@ -89,10 +102,10 @@ def judge(record: Record, views: Views) -> dict:
     guess = zlib.crc32(record.id.encode()) % len(record.options)
     original = grounding.load_original(record.image_bytes, name=record.id)
     piece = grounding.crop(original, box, views.crop_min_pixels, views.crop_max_pixels)
-    crop_px = central_pixels(piece, (0, 0, piece.width, piece.height))
+    crop_px = central_patches(piece, (0, 0, piece.width, piece.height), views.patch)
     view = grounding.first_view(record.image_bytes, views.min_pixels, views.max_pixels, name=record.id)
     seen_box = grounding.to_seen(box, view.size, (record.width, record.height))
-    view_px = central_pixels(view, seen_box)
+    view_px = central_patches(view, seen_box, views.patch)
     view_scores = axis_rms(view_px, record.options)
     return {
         "crop_correct": classify(crop_px, record.options, guess) == truth,
@@ -158,7 +171,8 @@ class OracleCheck:
 
     def summary(self) -> dict:
         return {
-            "method": "colour-axis rms of the central 40% of the ground-truth box",
+            "method": "colour-axis rms of the mean colours of the model's patches in the central 70% of the box",
+            "patch": self.views.patch,
             "min_contrast": MIN_CONTRAST,
             "views": {
                 "first_view_pixels": [self.views.min_pixels, self.views.max_pixels],

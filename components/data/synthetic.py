@@ -133,8 +133,19 @@ def balanced_position(seed: int, split: str, family: str, k: int, n: int) -> int
 # ---------------------------------------------------------------------------------- drawing
 
 
-def background(rng: np.random.Generator, w: int, h: int, clutter: float) -> np.ndarray:
-    """Low-contrast smooth texture around a random mid gray (smooth: it costs few JPEG bytes)."""
+# Half-range of the position gradient at position_tint 1, in colour levels.
+TINT_LEVELS = 100.0
+
+
+def background(rng: np.random.Generator, w: int, h: int, clutter: float, tint: float = 0.0) -> np.ndarray:
+    """Low-contrast smooth texture around a random mid gray (smooth: it costs few JPEG bytes).
+
+    With `tint` > 0 the red channel is blended (share `tint`) toward a ramp from left to right and
+    the blue channel toward one from top to bottom (127.5 +- TINT_LEVELS). Why: Qwen2.5-VL's vision tower has no absolute position
+    embedding (only relative 2-D RoPE) and its LM sees position only through rotary attention
+    scores, so a random-weight model has no feature that says where a token sits; the 7B model
+    learned that in pretraining. The gradient puts position into the pixels, where a tiny model
+    reads it like a colour (docs/learnability.md has the measurements)."""
     # Built at 1/4 resolution and upsampled once: the texture is smooth anyway, and full-size
     # float arithmetic was most of the generation time.
     sw, sh = max(1, w // 4), max(1, h // 4)
@@ -144,6 +155,13 @@ def background(rng: np.random.Generator, w: int, h: int, clutter: float) -> np.n
         small = rng.uniform(0, 255, size=(sh // cell + 2, sw // cell + 2, 3)).astype(np.uint8)
         smooth = np.asarray(Image.fromarray(small).resize((sw, sh), Image.Resampling.BILINEAR), np.float32)
         img += (smooth / 255.0 - 0.5) * 2 * amplitude * clutter
+    if tint > 0:
+        # Blended toward an absolute ramp (not added to the random base colour, whose per-image
+        # offset would hide where on the ramp a pixel is).
+        ramp_x = 127.5 + np.linspace(-1.0, 1.0, sw, dtype=np.float32)[None, :] * TINT_LEVELS
+        ramp_y = 127.5 + np.linspace(-1.0, 1.0, sh, dtype=np.float32)[:, None] * TINT_LEVELS
+        img[..., 0] = (1 - tint) * img[..., 0] + tint * ramp_x
+        img[..., 2] = (1 - tint) * img[..., 2] + tint * ramp_y
     low = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
     return np.asarray(low.resize((w, h), Image.Resampling.BILINEAR))
 
@@ -317,7 +335,7 @@ def make_sample(cfg: SyntheticConfig, seed: int, spec: SplitSpec, index: int, so
         boxes = [list(a.box), list(b.box)]
         meta = {"family": family, "target_size": size, "targets": [a.name, b.name], "axis": axis}
 
-    pixels = background(rng, w, h, cfg.clutter_density)
+    pixels = background(rng, w, h, cfg.clutter_density, cfg.position_tint)
     image = Image.fromarray(pixels)
     draw_distractors(
         image,

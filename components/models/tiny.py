@@ -151,7 +151,7 @@ def build_model(cfg: ModelConfig, tokenizer):
         "num_attention_heads": t.num_heads,
         "num_key_value_heads": t.num_kv_heads,
         "max_position_embeddings": t.max_position_embeddings,
-        "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": t.mrope_section},
+        "rope_parameters": {"rope_type": "default", "rope_theta": t.rope_theta, "mrope_section": t.mrope_section},
         "bos_token_id": ids("<|endoftext|>"),
         "eos_token_id": ids("<|im_end|>"),
         "pad_token_id": ids("<|endoftext|>"),
