@@ -4,7 +4,8 @@ Every stage runs as a Prefect flow and opens one MLflow run. Common options: `--
 (default params.yaml) and repeated `-S key.path=value` overrides, validated like the file.
 Before any flow module is imported, the params are validated and the MLflow tracking server
 and the Prefect API (when they are servers) are asked whether they answer (flows/preflight.py):
-a bad key or a server that is down is one line, within a few seconds.
+a bad key or a server that is down is one line, within a few seconds. `mgpo pipeline` with
+every DVC stage up to date says so and exits there (flows/uptodate.py).
 DVC's stages call these commands (see dvc.yaml).
 
     mgpo build-model                 # the tiny Qwen2.5-VL bundle in models/base
@@ -84,15 +85,28 @@ def services_needed(args: argparse.Namespace) -> tuple[bool, bool]:
     return True, True
 
 
-def preflight(args: argparse.Namespace) -> None:
-    """Valid params and answering servers, before any flow module is imported (a few seconds)."""
+def preflight(args: argparse.Namespace) -> bool:
+    """Valid params and answering servers, before any flow module is imported (a few seconds).
+
+    Returns True when the command has nothing left to do: `pipeline` with every DVC stage up to
+    date (flows/uptodate.py has printed so), decided before Prefect is even imported.
+    """
     from components.config import load_params
     from flows.preflight import check_services
 
     mlflow, prefect = services_needed(args)
     params = load_params(args.params, args.overrides)
+    if args.command == "pipeline":
+        from flows.uptodate import up_to_date
+
+        check_services(params, prefect_settings=False)  # an environment PREFECT_API_URL only
+        lines = up_to_date(args.params, args.overrides, params)
+        if lines is not None:
+            print("\n".join(lines))
+            return True
     if mlflow or prefect:
         check_services(params, mlflow=mlflow, prefect=prefect)
+    return False
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +117,8 @@ def main(argv: list[str] | None = None) -> int:
     from flows.preflight import PrefectUnavailable
 
     try:
-        preflight(args)
+        if preflight(args):
+            return 0
     except (ParamsError, TrackingUnavailable, PrefectUnavailable) as exc:
         print(f"mgpo {args.command}: {exc}", file=sys.stderr)
         return 2

@@ -27,11 +27,12 @@ class PrefectUnavailable(RuntimeError):
     """The configured Prefect API cannot be reached."""
 
 
-def configured_prefect_api() -> str | None:
-    """PREFECT_API_URL as Prefect reads it (environment, then profile); None: a temporary API."""
+def configured_prefect_api(settings: bool = True) -> str | None:
+    """PREFECT_API_URL as Prefect reads it (environment, then with `settings` its profile and
+    settings files); None: a temporary API."""
     url = os.environ.get("PREFECT_API_URL")
-    if url:
-        return url
+    if url or not settings:
+        return url or None
     from prefect.settings import get_current_settings  # ~1-2 s; only without the variable
 
     url = get_current_settings().api.url
@@ -51,10 +52,15 @@ def prefect_unreachable(url: str | None, timeout: float = TIMEOUT_S) -> str | No
     )
 
 
-def check_services(params: Params, *, mlflow: bool = True, prefect: bool = True) -> None:
-    """Raise TrackingUnavailable or PrefectUnavailable, naming the URL, when a server is down."""
+def check_services(
+    params: Params, *, mlflow: bool = True, prefect: bool = True, prefect_settings: bool = True
+) -> None:
+    """Raise TrackingUnavailable or PrefectUnavailable, naming the URL, when a server is down.
+
+    `prefect_settings=False` looks only at the environment's PREFECT_API_URL (no prefect import).
+    """
     uri = tracking_uri(params.tracking) if mlflow else ""
-    api = configured_prefect_api() if prefect else None
+    api = configured_prefect_api(prefect_settings) if prefect else None
     with ThreadPoolExecutor(max_workers=2) as pool:
         tracking = pool.submit(unreachable, uri, TIMEOUT_S)
         orchestration = pool.submit(prefect_unreachable, api)
