@@ -131,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     options = {k: v for k, v in vars(args).items() if k not in {"command", "params", "overrides"}}
+    if args.command == "pipeline":
+        options["status_checked"] = True  # preflight asked DVC: something is stale
     try:
         return int(module.run(args.params, args.overrides, **options) or 0)
     except (ParamsError, TrackingUnavailable, PrefectUnavailable) as exc:

@@ -257,11 +257,12 @@ def pipeline_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], **_: object) -> int:
+def run(params_path: str, overrides: list[str], status_checked: bool = False, **_: object) -> int:
+    """`status_checked`: the CLI has asked DVC already (and found something stale)."""
     from flows.uptodate import up_to_date
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
-    lines = up_to_date(params_path, overrides or [], params)  # the CLI asks first; kept for callers
+    lines = None if status_checked else up_to_date(params_path, overrides or [], params)
     if lines is not None:
         print("\n".join(lines))
         return 0

@@ -104,18 +104,20 @@ def test_infer_checks_mlflow_only_for_a_registry_model(monkeypatch, capsys):
         main(["infer", "x.png", "q?", "--model", "models/base"])  # no server needed: goes on
 
 
-def test_local_stores_and_the_temporary_api_are_not_asked(monkeypatch):
-    import components.tracking as tracking
-    from components.config import load_params
-    from flows import preflight
-
-    def no_network(*a, **k):
-        raise AssertionError("no request expected")
-
-    monkeypatch.setattr(tracking.urllib.request, "urlopen", no_network)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("PREFECT_API_URL", raising=False)
-    preflight.check_services(load_params(ROOT / "params.yaml"))  # sqlite:///mlflow.db
+def test_local_stores_and_the_temporary_api_are_not_asked():
+    """sqlite:///mlflow.db and no PREFECT_API_URL (Prefect's temporary API): no request at all.
+    In a fresh process, as a user runs it (this session's Prefect test harness configures an API)."""
+    probe = (
+        "import urllib.request, sys\n"
+        "def no_network(*a, **k): raise AssertionError('no request expected')\n"
+        "urllib.request.urlopen = no_network\n"
+        "from components.config import load_params\n"
+        "from flows.preflight import check_services\n"
+        f"check_services(load_params({str(ROOT / 'params.yaml')!r}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
 
 
 class _Status(http.server.BaseHTTPRequestHandler):
