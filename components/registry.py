@@ -1,11 +1,13 @@
-"""The promotion gate: compare the candidate with the champion and move the `champion` alias.
+"""The promotion gate: compare the candidate with its parent and the champion; move `champion`.
 
-`decide` is a pure function of two gate figures (value of the gate metric, questions evaluated
-and expected) and the margin. The candidate is promoted only when its evaluation is complete
-and it beats the champion by at least `min_improvement` (and strictly: a tie is not better).
-With no champion yet, a complete candidate is promoted. Every decision, with both figures and
-the reason, is written as tags on the candidate's model version and as a JSON file (the DVC
-metrics file `paths.promotion`).
+`decide` is a pure function of gate figures (value of the gate metric, questions evaluated and
+expected) and the margin. The candidate is promoted only when its evaluation is complete and it
+beats, by at least `min_improvement` and strictly (a tie is not better), both
+- its parent: the model it was trained from (the SFT model), scored in the same evaluation, and
+- the champion, scored on the same gate (with no champion yet, this comparison is skipped).
+So a first run no longer promotes an RL model that scores below its own SFT model. Every
+decision, with every figure, both comparisons and the reason, is written as tags on the
+candidate's model version and as a JSON file (the DVC metrics file `paths.promotion`).
 
 History lives in version tags: the promoted version records `mgpo.promotion.previous_champion`,
 so `rollback` moves `champion` back along that chain and marks the version it left as rolled
@@ -45,6 +47,8 @@ class GateFigure:
     expected: int
     version: str | None = None
     source: str = ""
+    model: str = ""
+    """The evaluation's name for the model (rl, sft, champion)."""
 
     @property
     def complete(self) -> bool:
@@ -60,24 +64,41 @@ class GateFigure:
 class Decision:
     promote: bool
     outcome: str
-    """no_champion | better | worse | within_margin | incomplete | already_champion | rolled_back"""
+    """no_champion | better | worse | within_margin | worse_than_parent | within_margin_of_parent |
+    incomplete | already_champion | rolled_back"""
     reason: str
     candidate: GateFigure | None
     champion: GateFigure | None
     min_improvement: float
+    parent: GateFigure | None = None
+    """The model the candidate was trained from, or None when the gate does not compare with it."""
 
     @property
     def delta(self) -> float | None:
-        if self.candidate is None or self.champion is None:
-            return None
-        if self.candidate.value is None or self.champion.value is None:
-            return None
-        return self.candidate.value - self.champion.value
+        """Candidate minus champion."""
+        return _delta(self.candidate, self.champion)
+
+    @property
+    def parent_delta(self) -> float | None:
+        """Candidate minus parent."""
+        return _delta(self.candidate, self.parent)
+
+
+def _delta(a: GateFigure | None, b: GateFigure | None) -> float | None:
+    if a is None or b is None or a.value is None or b.value is None:
+        return None
+    return a.value - b.value
+
+
+def beats(candidate: GateFigure, other: GateFigure, min_improvement: float) -> bool:
+    """Better by at least the margin, and strictly: a tie never beats (also with margin 0)."""
+    delta = candidate.value - other.value
+    return delta > 0 and delta >= min_improvement - EPS
 
 
 def _fmt(fig: GateFigure) -> str:
     value = "n/a" if fig.value is None else f"{fig.value:.4f}"
-    who = f"version {fig.version}" if fig.version else "model"
+    who = f"version {fig.version}" if fig.version else (fig.model or "model")
     return f"{who}: {value} on {fig.evaluated}/{fig.expected} questions"
 
 
@@ -86,12 +107,14 @@ def decide(
     champion: GateFigure | None,
     min_improvement: float,
     *,
+    parent: GateFigure | None = None,
     candidate_rolled_back: bool = False,
 ) -> Decision:
-    """Promote or keep. `champion` is None when no version holds the alias yet."""
+    """Promote or keep. `champion` is None when no version holds the alias yet; `parent` is
+    None when the gate does not compare with the model the candidate was trained from."""
 
     def out(promote: bool, outcome: str, reason: str) -> Decision:
-        return Decision(promote, outcome, reason, candidate, champion, min_improvement)
+        return Decision(promote, outcome, reason, candidate, champion, min_improvement, parent)
 
     if candidate is None:
         return out(False, "incomplete", "the candidate has no figure on the gate")
@@ -105,14 +128,35 @@ def decide(
             "rolled_back",
             f"version {candidate.version} was rolled back from {CHAMPION}; promote it by hand if wanted",
         )
+    beat_parent = ""
+    if parent is not None:
+        if not parent.complete:
+            return out(
+                False, "incomplete", f"the parent's evaluation on the gate is incomplete ({_fmt(parent)})"
+            )
+        d = candidate.value - parent.value
+        versus = f"candidate {_fmt(candidate)} vs its parent {_fmt(parent)}"
+        if d < 0:
+            return out(False, "worse_than_parent", f"{versus}: {d:.4f}")
+        if not beats(candidate, parent, min_improvement):
+            return out(
+                False,
+                "within_margin_of_parent",
+                f"{versus}: {d:+.4f} does not beat margin {min_improvement} (a tie is not better)",
+            )
+        beat_parent = f"; it beats its parent {parent.model or 'model'} by {d:+.4f}"
     if champion is None:
-        return out(True, "no_champion", f"no {CHAMPION} yet; the candidate is complete ({_fmt(candidate)})")
+        return out(
+            True,
+            "no_champion",
+            f"no {CHAMPION} yet; the candidate is complete ({_fmt(candidate)}){beat_parent}",
+        )
     if not champion.complete:
         return out(False, "incomplete", f"the champion's evaluation is incomplete ({_fmt(champion)})")
     delta = candidate.value - champion.value
     versus = f"candidate {_fmt(candidate)} vs champion {_fmt(champion)}"
-    if delta > 0 and delta >= min_improvement - EPS:
-        return out(True, "better", f"{versus}: +{delta:.4f} >= margin {min_improvement}")
+    if beats(candidate, champion, min_improvement):
+        return out(True, "better", f"{versus}: +{delta:.4f} >= margin {min_improvement}{beat_parent}")
     if delta < 0:
         return out(False, "worse", f"{versus}: {delta:.4f}")
     return out(False, "within_margin", f"{versus}: {delta:+.4f} does not beat margin {min_improvement}")
@@ -154,11 +198,27 @@ def decision_record(decision: Decision, gate: dict[str, Any], candidate_version:
     def fig(f: GateFigure | None) -> dict | None:
         return None if f is None else {**asdict(f), "complete": f.complete}
 
+    def versus(other: GateFigure | None, delta: float | None) -> dict | None:
+        """One comparison: the other figure, the difference, whether the candidate beats it."""
+        if other is None:
+            return None
+        c = decision.candidate
+        comparable = c is not None and c.complete and other.complete
+        return {
+            "model": other.model,
+            "version": other.version,
+            "value": other.value,
+            "delta": delta,
+            "beaten": bool(beats(c, other, decision.min_improvement)) if comparable else None,
+        }
+
     return {
         "promoted": int(decision.promote),
         "candidate_value": None if decision.candidate is None else decision.candidate.value,
         "champion_value": None if decision.champion is None else decision.champion.value,
-        "delta": decision.delta,
+        "delta": decision.delta,  # candidate - champion
+        "parent_value": None if decision.parent is None else decision.parent.value,
+        "parent_delta": decision.parent_delta,  # candidate - parent
         "min_improvement": decision.min_improvement,
         "outcome": decision.outcome,
         "reason": decision.reason,
@@ -167,6 +227,13 @@ def decision_record(decision: Decision, gate: dict[str, Any], candidate_version:
         "gate": gate,
         "candidate": fig(decision.candidate),
         "champion": fig(decision.champion),
+        "parent": fig(decision.parent),
+        # Both comparisons the gate makes; the candidate is promoted only when it beats each
+        # that exists (no champion yet: that one is null).
+        "comparisons": {
+            "parent": versus(decision.parent, decision.parent_delta),
+            "champion": versus(decision.champion, decision.delta),
+        },
     }
 
 
@@ -211,6 +278,10 @@ def tag_decision(client, name: str, version: str, record: dict) -> None:
         "candidate_value": record["candidate_value"],
         "champion_value": record["champion_value"],
         "champion_version": record["previous_champion_version"],
+        "parent_model": (record.get("parent") or {}).get("model"),
+        "parent_value": record.get("parent_value"),
+        "parent_delta": record.get("parent_delta"),
+        "champion_delta": record.get("delta"),
         "gate": "{benchmark}/{mode}/{metric}".format(**record["gate"]),
         "decided_at": stamp,
     }

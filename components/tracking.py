@@ -62,16 +62,42 @@ def flatten(data: Any, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def answers(url: str, timeout: float = 5.0) -> str | None:
+    """None when something answers HTTP at `url`, else why not.
+
+    Any HTTP status counts as an answer (a 401 from a server behind authentication is up);
+    only a refused, reset or silent connection does not.
+    """
+    try:
+        urllib.request.urlopen(url, timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return None
+    except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", None) or exc)
+    return None
+
+
+def unreachable(uri: str, timeout: float = 5.0) -> str | None:
+    """The one-line error for an HTTP tracking server that does not answer, else None.
+
+    A local store (sqlite:///..., a folder) is not a server: nothing to check.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return None
+    why = answers(uri.rstrip("/") + "/health", timeout)
+    if why is None:
+        return None
+    return (
+        f"MLflow tracking server {uri} is unreachable ({why}); start it (`mlflow server --port PORT`) "
+        "or point MLFLOW_TRACKING_URI (or tracking.uri) at a running one, or at sqlite:///mlflow.db"
+    )
+
+
 def check_reachable(uri: str, timeout: float = 5.0) -> None:
     """Fail fast, naming the server, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise TrackingUnavailable(
-            f"MLflow tracking server {uri} is unreachable ({exc}); start it or set MLFLOW_TRACKING_URI"
-        ) from None
+    why = unreachable(uri, timeout)
+    if why:
+        raise TrackingUnavailable(why)
 
 
 def configure(cfg: Tracking) -> str:

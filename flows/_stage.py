@@ -5,28 +5,17 @@
 
 from __future__ import annotations
 
-import os
-import urllib.error
-import urllib.request
-
 from components.config import Params, load_params
+from flows.preflight import PrefectUnavailable, configured_prefect_api, prefect_unreachable
 
-
-class PrefectUnavailable(RuntimeError):
-    """The configured Prefect API cannot be reached."""
+__all__ = ["PrefectUnavailable", "check_prefect_api", "params_for"]
 
 
 def check_prefect_api(timeout: float = 5.0) -> None:
-    """Fail fast, naming the server, when PREFECT_API_URL is set but does not answer."""
-    url = os.environ.get("PREFECT_API_URL")
-    if not url:
-        return
-    try:
-        urllib.request.urlopen(url.rstrip("/") + "/health", timeout=timeout)
-    except (urllib.error.URLError, OSError) as exc:
-        raise PrefectUnavailable(
-            f"Prefect API {url} is unreachable ({exc}); start `prefect server start` or unset PREFECT_API_URL"
-        ) from None
+    """Fail fast, naming the server, when a configured Prefect API does not answer."""
+    why = prefect_unreachable(configured_prefect_api(), timeout)
+    if why:
+        raise PrefectUnavailable(why)
 
 
 def params_for(params_path: str, overrides: list[str] | None) -> Params:

@@ -2,6 +2,10 @@
 
 Every stage runs as a Prefect flow and opens one MLflow run. Common options: `--params PATH`
 (default params.yaml) and repeated `-S key.path=value` overrides, validated like the file.
+Before any flow module is imported, the params are validated and the MLflow tracking server
+and the Prefect API (when they are servers) are asked whether they answer (flows/preflight.py):
+a bad key or a server that is down is one line, within a few seconds. `mgpo pipeline` with
+every DVC stage up to date says so and exits there (flows/uptodate.py).
 DVC's stages call these commands (see dvc.yaml).
 
     mgpo build-model                 # the tiny Qwen2.5-VL bundle in models/base
@@ -74,9 +78,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def services_needed(args: argparse.Namespace) -> tuple[bool, bool]:
+    """(MLflow, Prefect): which servers the command talks to."""
+    if args.command == "infer":  # no flow, no run; MLflow only to resolve a models:/ URI
+        return bool(args.model and args.model.startswith("models:/")), False
+    return True, True
+
+
+def preflight(args: argparse.Namespace) -> bool:
+    """Valid params and answering servers, before any flow module is imported (a few seconds).
+
+    Returns True when the command has nothing left to do: `pipeline` with every DVC stage up to
+    date (flows/uptodate.py has printed so), decided before Prefect is even imported.
+    """
+    from components.config import load_params
+    from flows.preflight import check_services
+
+    mlflow, prefect = services_needed(args)
+    params = load_params(args.params, args.overrides)
+    if args.command == "pipeline":
+        from flows.uptodate import up_to_date
+
+        check_services(params, prefect_settings=False)  # an environment PREFECT_API_URL only
+        lines = up_to_date(args.params, args.overrides, params)
+        if lines is not None:
+            print("\n".join(lines))
+            return True
+    if mlflow or prefect:
+        check_services(params, mlflow=mlflow, prefect=prefect)
+    return False
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module_name, _ = STAGES[args.command]
+    from components.config import ParamsError
+    from components.tracking import TrackingUnavailable
+    from flows.preflight import PrefectUnavailable
+
+    try:
+        if preflight(args):
+            return 0
+    except (ParamsError, TrackingUnavailable, PrefectUnavailable) as exc:
+        print(f"mgpo {args.command}: {exc}", file=sys.stderr)
+        return 2
     try:
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
@@ -84,11 +129,10 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"mgpo {args.command}: this stage is not built yet ({module_name} is missing)", file=sys.stderr)
         return 2
-    from components.config import ParamsError
-    from components.tracking import TrackingUnavailable
-    from flows._stage import PrefectUnavailable
 
     options = {k: v for k, v in vars(args).items() if k not in {"command", "params", "overrides"}}
+    if args.command == "pipeline":
+        options["status_checked"] = True  # preflight asked DVC: something is stale
     try:
         return int(module.run(args.params, args.overrides, **options) or 0)
     except (ParamsError, TrackingUnavailable, PrefectUnavailable) as exc:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from flows._stage import params_for
+from components.config import load_params
 
 
 def run(
@@ -29,7 +29,7 @@ def run(
 ) -> int:
     from components.evaluation.infer import format_infer, run_infer
 
-    params = params_for(params_path, overrides)
+    params = load_params(params_path, overrides)  # not a flow: no Prefect API to check
     try:
         result = run_infer(image, question, options, params, model=model, mode=mode, out=out)
     except (FileNotFoundError, ValueError) as exc:

@@ -17,6 +17,11 @@ params, a bug) fails at once.
 Overrides (`-S key=value`) are written into params.yaml before DVC runs, exactly as
 `dvc exp run -S` does, so that dvc.lock records what ran.
 
+A no-op rerun is cheap: `mgpo pipeline` first asks DVC (its Python API, as `dvc status`)
+whether any stage would run; when none would, it says so, names the report and the champion,
+and exits without importing Prefect or opening an MLflow run (flows/uptodate.py; a few seconds
+instead of 40-65).
+
 Run: `mgpo pipeline [-S rl.max_steps=5]`; scheduled: see prefect.yaml and `python -m flows.serve`.
 """
 
@@ -252,7 +257,14 @@ def pipeline_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], **_: object) -> int:
-    params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
+def run(params_path: str, overrides: list[str], status_checked: bool = False, **_: object) -> int:
+    """`status_checked`: the CLI has asked DVC already (and found something stale)."""
+    from flows.uptodate import up_to_date
+
+    params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
+    lines = None if status_checked else up_to_date(params_path, overrides or [], params)
+    if lines is not None:
+        print("\n".join(lines))
+        return 0
     pipeline_flow(params_path, overrides)
     return 0

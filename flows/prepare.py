@@ -4,8 +4,8 @@ Default: the synthetic high-resolution benchmark (`prepare.synthetic`: train, va
 scale_sweep and test_4k splits) with its oracle self-check; then each real benchmark listed in
 `prepare.benchmarks` (V* Bench, HR-Bench, MME-RealWorld from local files, or the hub when a path
 is an `owner/name` id and the network is there). Output: `<paths.processed_dir>/<name>/` with
-`<split>.parquet`, `manifest.json` and `contact_sheet.png`. One Prefect task per dataset, a tqdm
-bar per split, and one MLflow run logging the manifests, contact sheets and figures (rows,
+`<split>.parquet`, `manifest.json` and `contact_sheet.png`. One Prefect task per dataset, a progress
+bar per split (components/progress.py: live on a terminal, a line every few seconds in a log), and one MLflow run logging the manifests, contact sheets and figures (rows,
 seconds, images/s, skipped rows, oracle accuracies). The stage fails with the dataset's name
 and reasons when its skipped share passes `prepare.max_skipped_fraction`.
 Departure from the paper: the embedded default trains on synthetic data, not MME-RealWorld.

@@ -2,7 +2,11 @@
 
 The candidate's figure is read from the evaluation (`<paths.eval_dir>/metrics.json`, entry
 `promote.candidate` / `promote.gate_benchmark` / `promote.gate_mode`, metric
-`promote.gate_metric`). The champion (if a version holds the alias) is evaluated on the same
+`promote.gate_metric`), and so is its parent's (`promote.parent`, default `sft`: the model the
+candidate was trained from, scored in the same evaluation). The candidate must beat both its
+parent and the champion by `promote.min_improvement`, strictly, first run included: with no
+champion yet, an RL model that scores below (or ties) its own SFT model is not promoted. The
+champion (if a version holds the alias) is evaluated on the same
 gate with the same evaluation code and settings (components/evaluation), into
 `promote.champion_eval_dir`, a DVC output kept between runs: the evaluation's own fingerprints
 make re-scoring an unchanged champion free. Completeness: an evaluation counts only when it
@@ -13,8 +17,9 @@ Before deciding, every stage locked in dvc.lock gets its output hashes on its ML
 model versions (components/lineage.py), and the candidate is checked to be what was evaluated:
 the hash of `paths.rl_model` the evaluation read must be the one the candidate's run wrote.
 
-The decision, both figures and the reason go to `paths.promotion` (DVC metrics) and as tags
-on the candidate's version. `mgpo promote --rollback` moves `champion` back to the version that
+The decision, every figure, both comparisons (`comparisons.parent`, `comparisons.champion`)
+and the reason go to `paths.promotion` (DVC metrics), as tags on the candidate's version and
+as tags and metrics of the stage's MLflow run. `mgpo promote --rollback` moves `champion` back to the version that
 held it before (recorded on the version) and writes nothing DVC tracks.
 Departure from the paper: the paper has no registry; this is the project's release gate.
 
@@ -64,7 +69,7 @@ def figure_from_metrics(metrics: dict, model: str, params, expected: int, versio
     if fig is None:
         return None
     errors = errors_of(metrics, model, cfg.gate_benchmark, cfg.gate_mode)
-    return GateFigure(fig.value, max(0, fig.evaluated - errors), expected, version, source)
+    return GateFigure(fig.value, max(0, fig.evaluated - errors), expected, version, source, model)
 
 
 def candidate_mismatch(root: Path, params, candidate_tags: dict[str, str]) -> str | None:
@@ -161,6 +166,12 @@ def _decide(params) -> dict:
         )
         mismatch = candidate_mismatch(root, params, cand_v.tags)
 
+    parent = None
+    if cfg.parent:  # scored in the same evaluation as the candidate; missing counts as incomplete
+        parent = figure_from_metrics(metrics, cfg.parent, params, expected, None, str(metrics_path))
+        if parent is None:
+            parent = registry.GateFigure(None, 0, expected, None, str(metrics_path), cfg.parent)
+
     champion = None
     if champ_v is not None:
         if cand_v is not None and str(champ_v.version) == str(cand_v.version):
@@ -170,6 +181,7 @@ def _decide(params) -> dict:
                 expected,
                 str(champ_v.version),
                 "the candidate itself",
+                "champion",
             )
         else:
             champ_metrics = evaluate_champion(params, str(champ_v.version))
@@ -177,14 +189,18 @@ def _decide(params) -> dict:
                 champ_metrics, "champion", params, expected, str(champ_v.version), cfg.champion_eval_dir
             )
             if champion is None:
-                champion = registry.GateFigure(None, 0, expected, str(champ_v.version), cfg.champion_eval_dir)
+                champion = registry.GateFigure(
+                    None, 0, expected, str(champ_v.version), cfg.champion_eval_dir, "champion"
+                )
 
     if mismatch:
-        decision = registry.Decision(False, "incomplete", mismatch, candidate, champion, cfg.min_improvement)
+        decision = registry.Decision(
+            False, "incomplete", mismatch, candidate, champion, cfg.min_improvement, parent
+        )
     else:
         rolled_back = cand_v is not None and registry.ROLLED_BACK_TAG in cand_v.tags
         decision = registry.decide(
-            candidate, champion, cfg.min_improvement, candidate_rolled_back=rolled_back
+            candidate, champion, cfg.min_improvement, parent=parent, candidate_rolled_back=rolled_back
         )
     if decision.promote:
         registry.promote(client, name, str(cand_v.version), str(champ_v.version) if champ_v else None)
@@ -200,7 +216,17 @@ def _decide(params) -> dict:
     mlflow.set_tags(
         {f"mgpo.promotion.{k}": str(record[k]) for k in ("outcome", "reason", "champion_version")}
     )
-    numbers = {k: record[k] for k in ("promoted", "candidate_value", "champion_value", "delta")}
+    for name_, comparison in record["comparisons"].items():  # parent, champion
+        if comparison is not None:
+            who = comparison["model"] if name_ == "parent" else f"version {comparison['version']}"
+            mlflow.set_tags(
+                {
+                    f"mgpo.promotion.vs_{name_}": who,
+                    f"mgpo.promotion.vs_{name_}.beaten": str(comparison["beaten"]),
+                }
+            )
+    keys = ("promoted", "candidate_value", "champion_value", "delta", "parent_value", "parent_delta")
+    numbers = {k: record[k] for k in keys}
     mlflow.log_metrics({k: float(v) for k, v in numbers.items() if v is not None})
     verb = "promoted" if decision.promote else "kept"
     print(f"promote: {verb} ({decision.outcome}): {decision.reason}")

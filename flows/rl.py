@@ -3,11 +3,13 @@
 `rl.backend: local` runs the local GRPO trainer (components/rl/grpo.py) on CPU or one GPU:
 train records from `rl.train_data`, greedy validation on `rl.val_data`, per-step metrics to
 MLflow, checkpoints under `<paths.checkpoints>/rl` (`--resume` continues from the last one, to
-the same step count), and stops at `rl.max_steps` or `rl.time_budget_s`. `rl.backend: verl`
-hands the params to the verl plug-in (components/rl/verl_launch.py: a Ray job on RAY_ADDRESS).
+the same step count), and stops at `rl.max_steps`, or earlier at `rl.time_budget_s` when that
+is set (default 0: no limit, so the step count does not depend on machine load); what stopped
+it is `stopped_by` in metrics.json, the tag `mgpo.rl.stopped_by` and the stage's last line.
+`rl.backend: verl` hands the params to the verl plug-in (components/rl/verl_launch.py: a Ray job on RAY_ADDRESS).
 Either way the model lands in `paths.rl_model` and is registered in MLflow as a new version
 with the alias `candidate`. Outputs under `paths.rl_dir`: metrics.json (validation before and
-after RL, seconds per step, stop reason), steps.csv (per-step figures) and emergence.png
+after RL, seconds per step, `stopped_by`), steps.csv (per-step figures) and emergence.png
 (valid-box ratio and accuracy vs step).
 Departure from the paper: see components/rl/grpo.py (budget scaled to a tiny model on CPU).
 
@@ -65,6 +67,39 @@ def _run_verl(params) -> dict:
     curves.write_steps_csv([], rl_dir / "steps.csv")
     curves.plot_emergence([], [], params.rl.mode, rl_dir / "emergence.png")
     return summary
+
+
+def local_summary(cfg, state, stopped_by: str) -> dict:
+    """The local trainer's metrics.json: steps, what stopped the run, times, validation."""
+    steps = [h["seconds_per_step"] for h in state.history]
+    before, after = state.val_history[0], state.val_history[-1]
+    return {
+        "mode": cfg.mode,
+        "backend": "local",
+        "steps": state.step,
+        "max_steps": cfg.max_steps,
+        "stopped_by": stopped_by,  # max_steps | time_budget
+        "time_budget_s": cfg.time_budget_s,
+        "elapsed_s": round(state.elapsed_s, 1),
+        "seconds_per_step": round(sum(steps) / len(steps), 2) if steps else None,
+        "failed_rollouts": int(sum(h.get("failed_rollouts", 0) for h in state.history)),
+        "skipped_groups": int(sum(h.get("skipped_groups", 0) for h in state.history)),
+        "val_before": {k: v for k, v in before.items() if k != "val_seconds"},
+        "val_after": {k: v for k, v in after.items() if k != "val_seconds"},
+    }
+
+
+def stop_line(summary: dict) -> str | None:
+    """The stage's last line: how many steps ran and what stopped them (local backend only)."""
+    if "stopped_by" not in summary:
+        return None
+    steps = f"{summary['steps']}/{summary['max_steps']} steps"
+    if summary["stopped_by"] == "time_budget":
+        return (
+            f"rl: stopped by the time budget after {steps} (rl.time_budget_s={summary['time_budget_s']:g}): "
+            "the step count depended on the machine's speed; rl.time_budget_s=0 lets rl.max_steps decide"
+        )
+    return f"rl: stopped by max_steps after {steps}"
 
 
 def _run_local(params, resume: bool) -> dict:
@@ -132,20 +167,8 @@ def _run_local(params, resume: bool) -> dict:
 
     rl_dir = Path(paths.rl_dir)
     rl_dir.mkdir(parents=True, exist_ok=True)
-    steps = [h["seconds_per_step"] for h in state.history]
-    before, after = state.val_history[0], state.val_history[-1]
-    summary = {
-        "mode": cfg.mode,
-        "backend": "local",
-        "steps": state.step,
-        "stop_reason": result.stop_reason,
-        "elapsed_s": round(state.elapsed_s, 1),
-        "seconds_per_step": round(sum(steps) / len(steps), 2) if steps else None,
-        "failed_rollouts": int(sum(h.get("failed_rollouts", 0) for h in state.history)),
-        "skipped_groups": int(sum(h.get("skipped_groups", 0) for h in state.history)),
-        "val_before": {k: v for k, v in before.items() if k != "val_seconds"},
-        "val_after": {k: v for k, v in after.items() if k != "val_seconds"},
-    }
+    summary = local_summary(cfg, result.state, result.stop_reason)
+    mlflow.set_tag("mgpo.rl.stopped_by", summary["stopped_by"])
     (rl_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     (rl_dir / "val_history.json").write_text(json.dumps(state.val_history, indent=2) + "\n")
     curves.write_steps_csv(state.history, rl_dir / "steps.csv")
@@ -189,6 +212,9 @@ def rl_flow(
     if "val_before" in summary:
         print(f"rl: validation before {json.dumps(summary['val_before'])}")
         print(f"rl: validation after  {json.dumps(summary['val_after'])}")
+    line = stop_line(summary)
+    if line:
+        print(line)
     return summary
 
 

@@ -36,6 +36,14 @@ class Params(Section):
             )
         if self.promote.candidate not in self.evaluate.models:
             raise ValueError(f"promote.candidate {self.promote.candidate!r} is not one of evaluate.models")
+        parent = self.promote.parent
+        if parent and parent not in self.evaluate.models:
+            raise ValueError(
+                f"promote.parent {parent!r} is not one of evaluate.models {sorted(self.evaluate.models)}: "
+                f"evaluate it (add evaluate.models.{parent}) or set promote.parent to '' to skip the check"
+            )
+        if parent and parent == self.promote.candidate:
+            raise ValueError(f"promote.parent {parent!r} is the candidate itself")
         return self
 
 

@@ -49,6 +49,8 @@ class EvaluateConfig(Section):
 class PromoteConfig(Section):
     candidate: str = "rl"
     """Evaluate model name registered as the candidate."""
+    parent: str = "sft"
+    """Evaluate model name of the model the candidate was trained from; it must beat it too ("": no check)."""
     gate_benchmark: str = "synthetic_test"
     """Benchmark that decides promotion."""
     gate_mode: Literal["direct", "mgpo", "oracle"] = "mgpo"
@@ -56,7 +58,7 @@ class PromoteConfig(Section):
     gate_metric: str = "accuracy"
     """Metric that decides promotion."""
     min_improvement: float = Field(0.0, ge=0)
-    """The candidate must beat the champion by at least this (and strictly; a tie keeps it)."""
+    """The candidate must beat its parent and the champion by at least this (strictly: a tie never promotes)."""
     champion_eval_dir: str = "results/promote/champion"
     """Where the champion is scored on the gate (kept: an unchanged champion is not re-scored)."""
     reevaluate_dir: str = "results/champion"

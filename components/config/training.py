@@ -102,8 +102,8 @@ class RLConfig(Section):
     """Sampling and data-order seed."""
     max_steps: int = Field(20, ge=1)
     """GRPO steps at most."""
-    time_budget_s: float = Field(360, gt=0)
-    """Seconds of training at most, over resumes: a step that would end past it is not started."""
+    time_budget_s: float = Field(0, ge=0)
+    """Seconds of training at most, over resumes (0: no limit, so max_steps alone sets the steps)."""
     train_data: str = "data/processed/synthetic/train.parquet"
     """Canonical parquet of the RL train questions."""
     val_data: str = "data/processed/synthetic/val.parquet"

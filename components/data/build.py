@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tqdm import tqdm
-
 from components.config import BenchmarkSource, PrepareConfig
 from components.data.contact_sheet import contact_sheet
 from components.data.loaders import Skipped, load_benchmark
@@ -23,6 +21,7 @@ from components.data.manifest import check_skips, skip_summary, split_entry, wri
 from components.data.oracle import OracleCheck, Views
 from components.data.parquet import RecordWriter
 from components.data.record import Record
+from components.progress import progress_bar
 from components.data.synthetic import generate_split, split_specs
 
 SHEET_SAMPLES = 6
@@ -75,7 +74,7 @@ def build_synthetic(
     start = time.perf_counter()
     for spec in split_specs(cfg):
         with RecordWriter(tmp / f"{spec.name}.parquet", prepare.rows_per_group) as writer:
-            bar = tqdm(total=spec.count, desc=f"{cfg.name}/{spec.name}", unit="img", disable=not progress)
+            bar = progress_bar(total=spec.count, desc=f"{cfg.name}/{spec.name}", unit="img", disable=not progress)
             for record in generate_split(cfg, prepare.seed, spec):
                 record.validate()
                 writer.write(record)
@@ -124,7 +123,7 @@ def build_benchmark(
     start = time.perf_counter()
     items = load_benchmark(src.kind, src.path, src.name, src.split, raw_dir, prepare.max_image_pixels)
     with RecordWriter(tmp / f"{src.split}.parquet", prepare.rows_per_group) as writer:
-        for item in tqdm(items, desc=f"{src.name}/{src.split}", unit="row", disable=not progress):
+        for item in progress_bar(items, desc=f"{src.name}/{src.split}", unit="row", disable=not progress):
             if isinstance(item, Skipped):
                 skipped.append(item)
             elif item.id in seen:

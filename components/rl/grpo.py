@@ -21,8 +21,9 @@ rewards are all equal are left out of the update, as DAPO's dynamic-sampling fil
 resampling): they carry no policy gradient, and with Adam their KL/entropy-only gradient turned
 into full-size drift steps on the tiny model (measured: KL 0.5 and truncated answers after 10
 steps); old log-probs equal the current ones when there is one mini-batch and one epoch
-(on-policy, as verl does then); a step is not started when, by the mean step time so far, it
-would end past `rl.time_budget_s`.
+(on-policy, as verl does then); with `rl.time_budget_s` > 0 (default 0: no limit, so that
+`rl.max_steps` alone decides the step count and the outputs do not depend on machine load) a
+step is not started when, by the mean step time so far, it would end past the budget.
 Run: `mgpo rl` (flows/rl.py), `mgpo rl -S rl.mode=direct`, `mgpo rl --resume`.
 """
 
@@ -366,6 +367,8 @@ class GRPOTrainer:
 
     def _would_overrun(self, elapsed: float) -> bool:
         """True when one more step (and the closing validation) would pass the time budget."""
+        if self.cfg.time_budget_s <= 0:  # no budget: the step limit decides
+            return False
         steps = [h["seconds_per_step"] for h in self.state.history[-5:]]
         vals = [v.get("val_seconds", 0.0) for v in self.state.val_history[-2:]]
         step_s = float(np.mean(steps)) if steps else 0.0

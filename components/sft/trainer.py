@@ -12,10 +12,10 @@ verl's GPU path train on the same file. Per trajectory:
   (gradient accumulation divides by the step's token count, not per micro-batch).
 
 Training: AdamW, transformers' warmup+cosine or warmup+constant schedule, gradient clipping,
-bf16 autocast where the device supports it (CUDA with bf16; the CPU trains in fp32), a tqdm bar
-with loss and tokens/s, a `on_step` callback (the flow logs MLflow metrics from it), checkpoints
-every `checkpoint_every` steps holding weights, optimizer, scheduler, RNG state and the data
-position; `resume=True` continues from the last one with the same data order. A non-finite loss
+bf16 autocast where the device supports it (CUDA with bf16; the CPU trains in fp32), a progress
+bar (components/progress.py) with loss and tokens/s, a `on_step` callback (the flow logs MLflow
+metrics from it), checkpoints every `checkpoint_every` steps holding weights, optimizer,
+scheduler, RNG state and the data position; `resume=True` continues from the last one with the same data order. A non-finite loss
 stops the run (`NonFiniteLoss`) before any update, so the last checkpoint on disk stays good.
 
 Departure from the paper: the paper has no SFT code; its reported SFT baseline is a plain
@@ -355,7 +355,7 @@ def train(
     checkpoint there is loaded (weights, optimizer, scheduler, RNG, position) after checking that
     the data file and the batch/seed params are the same, and training continues to max_steps.
     """
-    from tqdm.auto import tqdm
+    from components.progress import progress_bar
 
     ckpt_dir = Path(ckpt_dir)
     data = TrajectoryData(data_path, processor)
@@ -408,7 +408,7 @@ def train(
     pad_id = processor.tokenizer.pad_token_id
     if pad_id is None:
         pad_id = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-    bar = tqdm(total=cfg.max_steps, initial=step, desc="sft", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(total=cfg.max_steps, initial=step, desc="sft", disable=not progress)
     last_good = last if resume else None
     while step < cfg.max_steps:
         start = time.perf_counter()

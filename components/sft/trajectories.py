@@ -224,11 +224,11 @@ def build_trajectories(
     progress: bool = False,
 ) -> BuildStats:
     """Write one trajectory per record to `out_path`; return what was written and skipped."""
-    from tqdm.auto import tqdm
+    from components.progress import progress_bar
 
     stats = BuildStats()
     with TrajectoryWriter(out_path) as writer:
-        for record in tqdm(records, desc="sft trajectories", disable=not progress):
+        for record in progress_bar(records, desc="sft trajectories", disable=not progress):
             stats.records += 1
             try:
                 kind, episode, box = run_scripted_episode(

@@ -77,6 +77,12 @@ def test_impossible_value_gives_the_reason(raw):
             r"rl: prompts_per_step must be a multiple of prompts_per_mini_batch",
         ),
         ("promote.gate_benchmark", "nope", r"promote\.gate_benchmark 'nope' is not one of"),
+        (
+            "promote.parent",
+            "nope",
+            r"promote\.parent 'nope' is not one of evaluate\.models .*promote\.parent to ''",
+        ),
+        ("promote.parent", "rl", r"promote\.parent 'rl' is the candidate itself"),
     ],
 )
 def test_cross_field_rules(raw, key, value, pattern):

@@ -12,6 +12,8 @@ from mlflow import MlflowClient
 from components import registry
 from components.registry import Decision, GateFigure, decide, gate_figure
 
+unit = st.floats(0, 1, allow_nan=False)
+
 
 def fig(value, evaluated=64, expected=64, version=None):
     return GateFigure(value, evaluated, expected, version)
@@ -48,6 +50,59 @@ def test_decide(candidate, champion, margin, promote, outcome):
     assert d.reason
 
 
+@pytest.mark.parametrize(
+    ("candidate", "parent", "champion", "margin", "promote", "outcome"),
+    [
+        # The case that was promoted: no champion yet, the RL model below its own SFT model.
+        (fig(0.328, version="2"), fig(0.375), None, 0.0, False, "worse_than_parent"),
+        (fig(0.50, version="2"), fig(0.50), None, 0.0, False, "within_margin_of_parent"),  # a tie
+        (fig(0.55, version="2"), fig(0.50), None, 0.1, False, "within_margin_of_parent"),
+        (fig(0.60, version="2"), fig(0.50), None, 0.1, True, "no_champion"),  # exactly the margin
+        (fig(0.60, version="2"), fig(0.50), fig(0.55, version="1"), 0.0, True, "better"),
+        (fig(0.60, version="2"), fig(0.70), fig(0.40, version="1"), 0.0, False, "worse_than_parent"),
+        (fig(0.60, version="2"), fig(0.50), fig(0.60, version="1"), 0.0, False, "within_margin"),
+        (fig(0.60, version="2"), fig(0.50), fig(0.65, version="1"), 0.0, False, "worse"),
+        (fig(0.60, version="2"), fig(0.50, 60, 64), None, 0.0, False, "incomplete"),  # parent partial
+        (fig(0.60, version="2"), fig(None, 0, 64), None, 0.0, False, "incomplete"),  # parent missing
+    ],
+)
+def test_decide_with_the_parent(candidate, parent, champion, margin, promote, outcome):
+    d = decide(candidate, champion, margin, parent=parent)
+    assert (d.promote, d.outcome) == (promote, outcome), d.reason
+    assert d.parent is parent
+
+
+def test_both_comparisons_are_recorded():
+    parent = GateFigure(0.375, 64, 64, None, "metrics.json", "sft")
+    gate = {"benchmark": "b", "mode": "mgpo", "metric": "accuracy", "expected_questions": 64}
+    d = decide(fig(0.328, version="2"), None, 0.0, parent=parent)
+    assert "vs its parent sft: 0.3750" in d.reason
+    record = registry.decision_record(d, gate, "2")
+    assert record["promoted"] == 0 and record["outcome"] == "worse_than_parent"
+    assert record["parent_value"] == 0.375 and record["parent_delta"] == pytest.approx(-0.047)
+    assert record["comparisons"]["parent"] == {
+        "model": "sft",
+        "version": None,
+        "value": 0.375,
+        "delta": pytest.approx(-0.047),
+        "beaten": False,
+    }
+    assert record["comparisons"]["champion"] is None  # no champion yet
+    d = decide(fig(0.6, version="3"), fig(0.5, version="1"), 0.0, parent=parent)
+    comparisons = registry.decision_record(d, gate, "3")["comparisons"]
+    assert comparisons["parent"]["beaten"] is True and comparisons["champion"]["beaten"] is True
+    assert comparisons["champion"]["version"] == "1" and "beats its parent sft by +0.2250" in d.reason
+
+
+@given(unit, unit, unit, st.floats(0, 0.5, allow_nan=False), st.booleans())
+def test_decide_with_parent_properties(cand, par, champ, margin, has_champion):
+    champion = fig(champ, version="1") if has_champion else None
+    d = decide(fig(cand, version="2"), champion, margin, parent=fig(par))
+    beats_parent = cand - par > 0 and cand - par >= margin - registry.EPS
+    beats_champion = not has_champion or (cand - champ > 0 and cand - champ >= margin - registry.EPS)
+    assert d.promote == (beats_parent and beats_champion)
+
+
 def test_reason_carries_both_figures():
     d = decide(fig(0.6, version="3"), fig(0.5, version="1"), 0.05)
     assert "version 3: 0.6000 on 64/64" in d.reason and "version 1: 0.5000" in d.reason
@@ -57,9 +112,6 @@ def test_reason_carries_both_figures():
 def test_rolled_back_candidate_is_not_promoted_again():
     d = decide(fig(0.9, version="3"), fig(0.5, version="1"), 0.0, candidate_rolled_back=True)
     assert (d.promote, d.outcome) == (False, "rolled_back")
-
-
-unit = st.floats(0, 1, allow_nan=False)
 
 
 @given(unit, unit, st.floats(0, 0.5, allow_nan=False), st.integers(0, 70))

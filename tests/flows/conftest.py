@@ -40,7 +40,7 @@ TOY_PARAMS = """
 prepare:
   seed: 0
 evaluate:
-  models: {rl: models/rl}
+  models: {sft: models/sft, rl: models/rl}
   benchmarks: {synthetic_test: data/processed/synthetic/test.parquet}
 pipeline:
   retry_delay_s: 0

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
+import os
+import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,6 +16,7 @@ import pytest
 from flows.cli import STAGES, build_parser, main
 
 MGPO = str(Path(sys.executable).parent / "mgpo")
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_console_script_help():
@@ -47,3 +53,114 @@ def test_unbuilt_stage_says_so(monkeypatch, capsys):
     monkeypatch.setitem(STAGES, "rl", ("flows.does_not_exist", "x"))
     assert main(["rl"]) == 2
     assert "not built yet" in capsys.readouterr().err
+
+
+# --- servers checked before any flow starts (flows/preflight.py) ------------------------------
+
+DOWN = "http://127.0.0.1:9"  # the discard port: nothing listens, the connection is refused
+
+
+def _no_flow_import(monkeypatch):
+    import flows.cli as cli
+
+    def refuse(name):
+        raise AssertionError(f"{name} imported: the check must come before any flow module")
+
+    monkeypatch.setattr(cli.importlib, "import_module", refuse)
+
+
+@pytest.mark.parametrize("name", sorted(set(STAGES) - {"infer"}))
+def test_unreachable_mlflow_is_one_line_before_any_flow(name, monkeypatch, capsys):
+    _no_flow_import(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", DOWN)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    start = time.perf_counter()
+    assert main([name]) == 2
+    assert time.perf_counter() - start < 5
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert f"mgpo {name}: MLflow tracking server {DOWN} is unreachable" in err
+    assert "MLFLOW_TRACKING_URI" in err  # the fix
+
+
+@pytest.mark.parametrize("name", ["build-model", "rl", "pipeline"])
+def test_unreachable_prefect_is_one_line_before_any_flow(name, monkeypatch, capsys):
+    _no_flow_import(monkeypatch)
+    monkeypatch.setenv("PREFECT_API_URL", f"{DOWN}/api")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert main([name]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == err.splitlines()[0] and f"Prefect API {DOWN}/api is unreachable" in err
+    assert "prefect server start" in err
+
+
+def test_infer_checks_mlflow_only_for_a_registry_model(monkeypatch, capsys):
+    _no_flow_import(monkeypatch)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", DOWN)
+    monkeypatch.setenv("PREFECT_API_URL", f"{DOWN}/api")  # infer runs no flow: never checked
+    assert main(["infer", "x.png", "q?", "--model", "models:/m@champion"]) == 2
+    assert "MLflow tracking server" in capsys.readouterr().err
+    with pytest.raises(AssertionError, match=r"flows\.infer imported"):
+        main(["infer", "x.png", "q?", "--model", "models/base"])  # no server needed: goes on
+
+
+def test_local_stores_and_the_temporary_api_are_not_asked():
+    """sqlite:///mlflow.db and no PREFECT_API_URL (Prefect's temporary API): no request at all.
+    In a fresh process, as a user runs it (this session's Prefect test harness configures an API)."""
+    probe = (
+        "import urllib.request, sys\n"
+        "def no_network(*a, **k): raise AssertionError('no request expected')\n"
+        "urllib.request.urlopen = no_network\n"
+        "from components.config import load_params\n"
+        "from flows.preflight import check_services\n"
+        f"check_services(load_params({str(ROOT / 'params.yaml')!r}))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "MLFLOW_TRACKING_URI")}
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+class _Status(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(401)  # a server behind authentication: up
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+def test_any_http_answer_is_up_and_a_silent_server_times_out_fast():
+    from components.tracking import unreachable
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), _Status)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert unreachable(f"http://127.0.0.1:{server.server_port}", timeout=2) is None
+    finally:
+        server.shutdown()
+    silent = socket.socket()  # accepts connections (the kernel's backlog) but never replies
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)
+    try:
+        start = time.perf_counter()
+        why = unreachable(f"http://127.0.0.1:{silent.getsockname()[1]}", timeout=1)
+        assert why and "is unreachable" in why and time.perf_counter() - start < 3
+    finally:
+        silent.close()
+
+
+def test_mgpo_pipeline_with_mlflow_down_fails_in_seconds(toy_repo):
+    """The command a user types: before, Prefect's temporary API started first (~50 s) and a
+    25-line traceback followed; now one line, before any flow."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": DOWN}
+    env.pop("PREFECT_API_URL", None)
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [MGPO, "pipeline"], cwd=toy_repo, env=env, capture_output=True, text=True, timeout=120
+    )
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert f"MLflow tracking server {DOWN} is unreachable" in proc.stderr
+    assert seconds < 5, f"took {seconds:.1f} s"
+    assert not (toy_repo / "out").exists()

@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def write_params(path: Path, evaluate: dict) -> Path:
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     data["evaluate"].update(evaluate)
+    data["promote"]["parent"] = ""  # these evaluations leave the sft model out
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -87,6 +88,7 @@ def test_dvc_repro_evaluate(repo_copy, run):
         }
     )
     data["episode"]["max_new_tokens"] = 8
+    data["promote"]["parent"] = ""  # sft is not evaluated here
     (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
     env = {"OMP_NUM_THREADS": "1"}  # 2 shared cores: one torch thread is much faster under load

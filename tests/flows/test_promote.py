@@ -1,7 +1,8 @@
 """Stage `promote` end to end on a real sqlite registry, a real tiny model and a real gate.
 
-The candidate's figures are hand-made metrics.json entries (what the evaluate stage writes);
-the champion is scored for real by the evaluation code on 4 synthetic questions.
+The candidate's and its parent's (sft) figures are hand-made metrics.json entries (what the
+evaluate stage writes); the champion is scored for real by the evaluation code on 4 synthetic
+questions.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ def workdir(tmp_path_factory) -> Path:
         "tracking": {"uri": f"sqlite:///{work / 'mlflow.db'}", "registered_model": NAME},
         "episode": {"templates": str(ROOT / "components" / "templates.yaml"), "max_new_tokens": 12},
         "evaluate": {
-            "models": {"rl": "models/rl"},
+            "models": {"sft": "models/sft", "rl": "models/rl"},
             "benchmarks": {"synthetic_test": "data/test.parquet"},
             "modes": ["mgpo"],
             "max_samples": 4,
@@ -63,18 +64,22 @@ def workdir(tmp_path_factory) -> Path:
     return work
 
 
-def add_candidate(work: Path) -> str:
+def add_candidate(work: Path, params: str = "params.yaml") -> str:
     """Register models/rl as a new version with alias `candidate`, as the rl stage does."""
-    cfg = load_params(work / "params.yaml").tracking
+    cfg = load_params(work / params).tracking
     with stage_run("rl", cfg, {"rl": {"toy": 1}}):
         return str(register_model_dir(str(work / "models/rl"), cfg, "candidate").version)
 
 
-def write_metrics(work: Path, accuracy: float, n: int = 4, errors: int = 0) -> None:
+def write_metrics(work: Path, accuracy: float, n: int = 4, errors: int = 0, parent: float = 0.0) -> None:
+    """The candidate's (rl) figure, and its parent's (sft) from the same evaluation."""
     path = work / "results/evaluate/metrics.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     entry = {"accuracy": accuracy, "n": n, "errors": errors, "views": n}
-    path.write_text(json.dumps({"rl": {"synthetic_test": {"mgpo": entry}}}))
+    sft = {"accuracy": parent, "n": 4, "errors": 0, "views": 4}
+    path.write_text(
+        json.dumps({"rl": {"synthetic_test": {"mgpo": entry}}, "sft": {"synthetic_test": {"mgpo": sft}}})
+    )
 
 
 def champion(client) -> str:
@@ -97,6 +102,62 @@ def test_candidate_mismatch_reads_dvc_lock(tmp_path):
     assert candidate_mismatch(tmp_path, params, {key: "aaa.dir"}) is None
     assert "rerun `dvc repro evaluate`" in candidate_mismatch(tmp_path, params, {key: "bbb.dir"})
     assert candidate_mismatch(tmp_path, params, {}) is None  # not checkable outside DVC
+
+
+def test_first_run_needs_to_beat_the_parent(workdir, prefect_harness, monkeypatch):
+    """No champion yet: an RL candidate that scores below (or ties) its own SFT model in the same
+    evaluation is kept out; one that beats it is promoted. Both comparisons are recorded in
+    promotion.json, on the version and on the stage's MLflow run."""
+    monkeypatch.chdir(workdir)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    name = NAME + "-first"
+    data = yaml.safe_load((workdir / "params.yaml").read_text())
+    data["tracking"]["registered_model"] = name
+    (workdir / "first.yaml").write_text(yaml.safe_dump(data))
+    params = str(workdir / "first.yaml")
+    mlflow.set_tracking_uri(f"sqlite:///{workdir / 'mlflow.db'}")
+    client = MlflowClient()
+
+    v1 = add_candidate(workdir, "first.yaml")
+    write_metrics(workdir, 0.25, parent=0.5)  # the issue's case: 0.328 vs 0.375, no champion
+    record = promote_flow(params)
+    assert (record["promoted"], record["outcome"]) == (0, "worse_than_parent")
+    assert registry.alias_version(client, name, registry.CHAMPION) is None
+    assert json.loads((workdir / "results/promotion.json").read_text()) == record
+    assert record["comparisons"]["parent"] == {
+        "model": "sft",
+        "version": None,
+        "value": 0.5,
+        "delta": -0.25,
+        "beaten": False,
+    }
+    assert record["comparisons"]["champion"] is None
+    tags = client.get_model_version(name, v1).tags
+    assert tags["mgpo.promotion.parent_model"] == "sft" and tags["mgpo.promotion.parent_value"] == "0.5"
+    (run,) = mlflow.search_runs(
+        experiment_names=["mgpo"],
+        filter_string="tags.`mgpo.promotion.outcome` = 'worse_than_parent'",
+        output_format="list",
+    )
+    assert run.data.tags["mgpo.promotion.vs_parent"] == "sft"
+    assert run.data.tags["mgpo.promotion.vs_parent.beaten"] == "False"
+    assert run.data.metrics["parent_delta"] == -0.25 and run.data.params["promote.parent"] == "sft"
+
+    write_metrics(workdir, 0.5, parent=0.5)  # a tie with the parent, margin 0: still kept
+    record = promote_flow(params)
+    assert (record["promoted"], record["outcome"]) == (0, "within_margin_of_parent")
+    assert registry.alias_version(client, name, registry.CHAMPION) is None
+
+    write_metrics(workdir, 0.75, parent=0.5)
+    record = promote_flow(params)
+    assert (record["promoted"], record["outcome"]) == (1, "no_champion")
+    assert record["comparisons"]["parent"]["beaten"] is True
+    assert champion_of(client, name) == v1
+
+
+def champion_of(client, name: str) -> str:
+    return str(registry.alias_version(client, name, registry.CHAMPION).version)
 
 
 @pytest.mark.slow  # the whole gate through Prefect + MLflow + evaluation (1-2 min); test_registry covers the logic
@@ -134,9 +195,11 @@ def test_promotion_gate_and_rollback(workdir, prefect_harness, monkeypatch):
 
     # 3. Worse, and incomplete candidates leave the champion alone (figures and reason recorded).
     v3 = add_candidate(workdir)
-    write_metrics(workdir, 0.0)
+    write_metrics(workdir, 0.0)  # ties its parent (0.0): kept, and the champion is still compared
     record = promote_flow(params)
-    assert record["promoted"] == 0 and record["outcome"] in {"worse", "within_margin"}
+    assert record["promoted"] == 0 and record["outcome"] == "within_margin_of_parent"
+    assert record["comparisons"]["champion"]["version"] == v2
+    assert record["comparisons"]["champion"]["beaten"] is False
     assert champion(client) == v2 and record["champion_version"] == v2
     write_metrics(workdir, 1.0, n=3)
     record = promote_flow(params)

@@ -49,6 +49,35 @@ def test_missing_inputs_fail_before_any_work(tmp_path, capsys):
     assert "rl.train_data:" in capsys.readouterr().err
 
 
+def test_the_step_limit_decides_by_default_and_a_clock_stop_says_so():
+    """Default params: no time budget, so the step count (and DVC's outputs) do not depend on
+    the machine's load; a run the clock stopped says so in metrics.json and its last line."""
+    from components.config import RLConfig
+    from components.rl.checkpoint import TrainerState
+    from flows.rl import local_summary, stop_line
+
+    cfg = load_params(ROOT / "params.yaml").rl
+    assert cfg.time_budget_s == 0 == RLConfig().time_budget_s
+    val = [{"step": 0, "val_mgpo_accuracy": 0.3}, {"step": 7, "val_mgpo_accuracy": 0.4}]
+    history = [{"step": i + 1, "seconds_per_step": 9.0} for i in range(7)]
+    state = TrainerState(step=7, elapsed_s=70.0, history=history, val_history=val)
+
+    budget = cfg.model_copy(update={"time_budget_s": 60.0})
+    summary = local_summary(budget, state, "time_budget")
+    assert summary["stopped_by"] == "time_budget" and (summary["steps"], summary["max_steps"]) == (7, 20)
+    line = stop_line(summary)
+    assert line.startswith("rl: stopped by the time budget after 7/20 steps (rl.time_budget_s=60)")
+    assert "rl.time_budget_s=0" in line  # the fix
+
+    state.step, state.history = 20, [{"step": i + 1, "seconds_per_step": 9.0} for i in range(20)]
+    summary = local_summary(cfg, state, "max_steps")
+    assert (
+        summary["stopped_by"] == "max_steps"
+        and stop_line(summary) == "rl: stopped by max_steps after 20/20 steps"
+    )
+    assert stop_line({"backend": "verl", "job_id": "x"}) is None
+
+
 def small_model_cfg():
     return load_params(
         ROOT / "params.yaml",
@@ -117,7 +146,7 @@ def test_dvc_repro_rl_then_kill_and_resume(repo_copy, run):
     data["episode"].update({"max_new_tokens": 6, "crop_max_pixels": 12544, "crop_min_pixels": 3136})
     data["rl"].update(
         {"max_steps": 2, "prompts_per_step": 2, "prompts_per_mini_batch": 1, "rollouts_per_prompt": 2,
-         "checkpoint_every": 1, "val_every": 2, "val_samples": 2, "time_budget_s": 600}
+         "checkpoint_every": 1, "val_every": 2, "val_samples": 2}
     )  # fmt: skip
     (repo / "params.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
 
@@ -125,7 +154,7 @@ def test_dvc_repro_rl_then_kill_and_resume(repo_copy, run):
     run(repo, "dvc", "repro", "-s", "rl", env=env, timeout=900)
 
     metrics = json.loads((repo / "results/rl/metrics.json").read_text())
-    assert metrics["steps"] == 2 and metrics["mode"] == "mgpo" and metrics["stop_reason"] == "max_steps"
+    assert metrics["steps"] == 2 and metrics["mode"] == "mgpo" and metrics["stopped_by"] == "max_steps"
     assert metrics["val_before"]["step"] == 0 and metrics["val_after"]["step"] == 2
     assert "val_mgpo_valid_box_ratio" in metrics["val_after"] and metrics["seconds_per_step"] > 0
     assert (repo / "results/rl/emergence.png").stat().st_size > 5000
@@ -174,7 +203,7 @@ def test_dvc_repro_rl_then_kill_and_resume(repo_copy, run):
     assert not (repo / "checkpoints/rl/step_000004").exists()
     run(repo, "mgpo", "rl", "--resume", "-S", "rl.max_steps=4", "-S", "rl.val_every=10", env=env, timeout=900)
     metrics = json.loads((repo / "results/rl/metrics.json").read_text())
-    assert metrics["steps"] == 4 and metrics["stop_reason"] == "max_steps"
+    assert metrics["steps"] == 4 and metrics["stopped_by"] == "max_steps"
     runs = mlflow.search_runs(experiment_names=["mgpo"], output_format="list", order_by=["start_time DESC"])
     resumed = runs[0]
     assert int(resumed.data.tags["mgpo.rl.resumed_from_step"]) in (2, 3)

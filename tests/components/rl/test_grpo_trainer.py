@@ -179,6 +179,20 @@ def test_the_time_budget_stops_the_run(tiny_bundle, records, tmp_path):
     assert out.state.val_history[0]["step"] == 0  # validation before RL always runs
 
 
+def test_no_time_budget_by_default_however_slow_the_steps():
+    from types import SimpleNamespace
+
+    from components.rl.checkpoint import TrainerState
+
+    p = small_params(*RL)
+    assert p.rl.time_budget_s == 0  # the default: the step limit decides
+    slow = TrainerState(history=[{"seconds_per_step": 1e6}], val_history=[{"val_seconds": 1e6}])
+    fake = SimpleNamespace(cfg=p.rl, state=slow)
+    assert not GRPOTrainer._would_overrun(fake, elapsed=1e9)
+    fake.cfg = p.rl.model_copy(update={"time_budget_s": 100.0})
+    assert GRPOTrainer._would_overrun(fake, elapsed=1.0)
+
+
 def test_direct_mode_validates_both_protocols(tiny_bundle, records, tmp_path):
     tr = trainer_for(tiny_bundle, records, tmp_path, "rl.mode=direct")
     figures = tr.validate()
