@@ -65,6 +65,8 @@ class SFTConfig(Section):
     """Share of trajectories whose turn 1 has no valid box."""
     direct_share: float = Field(0.0, ge=0, le=1)
     """Share of direct-answer trajectories."""
+    answer: Literal["letter", "text"] = "letter"
+    """What the answer's \\boxed{} holds: the option's letter (paper) or the option's text."""
     verl: SFTVerl = SFTVerl()
 
 

@@ -46,6 +46,10 @@ IMAGE_PLACEHOLDER = "<image>"
 # Turn 2: one short reasoning line stating the option's text, then its letter. Stating the text
 # first splits the task in two (see, then match the text to its letter), easier for a tiny model.
 ANSWER_LINE = "The answer is {text}. \\boxed{{{letter}}}"
+# `sft.answer: text`: the option's text inside \boxed{} (the shared reward scores it like the
+# letter). Why: a tiny model that reads the colours from the crop still picked the letter at
+# chance (measured, docs/learnability.md); matching the text to its letter is a second skill.
+TEXT_ANSWER_LINE = "The answer is \\boxed{{{text}}}."
 # Turn 1 of an invalid-box trajectory: plain text that `grounding.parse_box` finds no box in.
 NO_BOX_LINE = "The key area is not clear in this view."
 
@@ -135,8 +139,9 @@ def box_label(record: Record) -> str:
     return "key area"
 
 
-def answer_line(record: Record) -> str:
-    return ANSWER_LINE.format(text=record.answer_text, letter=record.answer)
+def answer_line(record: Record, style: str = "letter") -> str:
+    line = TEXT_ANSWER_LINE if style == "text" else ANSWER_LINE
+    return line.format(text=record.answer_text, letter=record.answer)
 
 
 def _scripted(text: str) -> Generation:
@@ -158,7 +163,7 @@ def run_scripted_episode(
     missing = rng.random() < sft.missing_box_share
     if direct:
         episode = Episode(record, ep_cfg, templates, "direct", first_view, max_image_pixels)
-        episode.step(_scripted(answer_line(record)))
+        episode.step(_scripted(answer_line(record, sft.answer)))
         kind, box = "direct", None
     else:
         episode = Episode(record, ep_cfg, templates, "mgpo", first_view, max_image_pixels)
@@ -173,7 +178,7 @@ def run_scripted_episode(
         if first.valid != (kind == "mgpo"):
             raise ValueError(f"scripted turn-1 box {box} came out {'valid' if first.valid else first.reason}")
         while not episode.done:  # the answer ends the episode; later turns are never reached
-            episode.step(_scripted(answer_line(record)))
+            episode.step(_scripted(answer_line(record, sft.answer)))
     result = episode.result()
     if result.reward.accuracy != 1.0:
         raise ValueError(f"the scripted answer {result.final_text!r} does not score as correct")
