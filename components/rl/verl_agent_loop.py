@@ -16,7 +16,11 @@ the box, crops the original and says when the episode is over. The loop only
   image cut off mid-way breaks the features-to-tokens alignment), so `multi_modal_data["images"]`
   always holds exactly the images whose tokens are in the sequence, in order;
 - returns `AgentLoopOutput` with the final turn's text and the box validity in `extra_fields`
-  (verl passes them to the reward function as `extra_info`).
+  (verl passes them to the reward function as `extra_info`), beside the fields verl's server
+  client returns (`TokenOutput.extra_fields`), merged over turns as verl's tool loop merges them:
+  the first turn's (`min_global_steps`, `global_steps`, ...), the last turn's `max_global_steps`,
+  speculative-decoding counts summed. verl's V1 trainer (the default, `trainer.use_v1`) turns
+  `min_global_steps`/`max_global_steps` into integers every step: dropping them crashed step 1.
 
 Images reach verl at the episode's sizes (the first view after `smart_resize`, the crop in the crop
 budget); `data.mm_processor_kwargs` (set by verl_config) spans both budgets, so neither verl's
@@ -36,6 +40,7 @@ from typing import Any
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.utils.profiler import simple_timer
 from verl.utils.tokenizer.continuous_token import MergeResult
 
@@ -91,6 +96,20 @@ def with_images(messages: list[dict], images: list) -> list[dict]:
     if k != len(images):
         raise ValueError(f"{k} image placeholders but {len(images)} images")
     return out
+
+
+def merge_server_fields(fields: dict[str, Any], turn: dict[str, Any]) -> None:
+    """Fold one turn's `TokenOutput.extra_fields` into the episode's, as verl's tool loop does:
+    the first turn's fields are kept, `max_global_steps` follows the latest turn, and the
+    speculative-decoding counts add up."""
+    if not fields:
+        fields.update(turn)
+        return
+    if turn.get("max_global_steps") is not None:
+        fields["max_global_steps"] = turn["max_global_steps"]
+    for key in SPEC_DECODE_EXTRA_KEYS:
+        if key in turn and key in fields:
+            fields[key] = int(fields[key]) + int(turn[key])
 
 
 def _templates_path(path: str) -> Path:
@@ -163,6 +182,7 @@ class MGPOAgentLoop(AgentLoopBase):
         reported = 0  # ids already handed to the episode
         stopped = None
         num_preempted = 0
+        server_fields: dict[str, Any] = {}  # the server client's extra_fields, merged over turns
         while True:
             budget = min(self.episode_cfg.max_new_tokens, self.response_length - len(mask))
             if budget <= 0:
@@ -177,6 +197,7 @@ class MGPOAgentLoop(AgentLoopBase):
                     mm_processor_kwargs=mm_kwargs,
                 )
             num_preempted += out.num_preempted or 0
+            merge_server_fields(server_fields, dict(out.extra_fields or {}))
             sampled = list(out.token_ids)[:budget]
             sampled_lp = list(out.log_probs)[: len(sampled)] if out.log_probs is not None else None
             if sampled_lp is not None and logprobs is None:
@@ -234,6 +255,7 @@ class MGPOAgentLoop(AgentLoopBase):
             num_turns=1 + len(turns) + (shown - 1),
             metrics=metrics,
             extra_fields={
+                **server_fields,
                 "mgpo_final_text": ep.turns[-1].text if ep.turns else "",
                 "mgpo_box_valid": None if first is None else bool(first.valid),
                 "mgpo_model_turns": len(turns),
