@@ -25,11 +25,17 @@ Modes:
 - `oracle`: turn 1 is written by the environment from the ground-truth boxes (their union, grown
   to the smallest valid box; mask 0, stored in the response like any inserted turn), followed by
   the crop turn; the model answers once. Records without target boxes are refused.
+Forbidden ids (`forbidden_ids`, the vision tokens of `components.engines.tokens.VISION_TOKENS`
+when a driver passes them): the local engine never samples them, but on verl/vLLM the sampler is
+not ours. A turn holding one is an invalid turn (`reason` "sampled_vision_token"): the episode
+ends there (a sampled `<|image_pad|>` would break the next turn's M-RoPE), the turn's ids get
+mask 0, and the episode scores 0 (`invalid_turn` says why; drivers log it).
 Tests: `.venv/bin/python -m pytest tests/components/test_episode.py -q`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Protocol
@@ -44,6 +50,7 @@ from components.reward import RewardBreakdown, score
 Mode = Literal["mgpo", "direct", "oracle"]
 MODES = ("mgpo", "direct", "oracle")
 INITIAL_PROMPT_MESSAGES = 2  # system + first user turn: verl's prompt; the rest is the response
+SAMPLED_VISION_TOKEN = "sampled_vision_token"
 
 
 class RecordLike(Protocol):
@@ -127,6 +134,8 @@ class EpisodeResult:
     response_ids: list[int] = field(default_factory=list)
     response_mask: list[int] = field(default_factory=list)
     response_logprobs: list[float] = field(default_factory=list)
+    invalid_turn: str | None = None
+    """Why the episode ended on an invalid turn (scored 0, masked), None otherwise."""
 
     @property
     def truncated(self) -> bool:
@@ -170,6 +179,7 @@ class EpisodeResult:
             "prompt_tokens": len(self.prompt_ids),
             "response_tokens": len(self.response_ids),
             "generated_tokens": sum(self.response_mask),
+            "invalid_turn": self.invalid_turn,
         }
 
 
@@ -195,6 +205,7 @@ class Episode:
         mode: Mode = "mgpo",
         first_view: tuple[int, int] = (3136, 50176),
         max_image_pixels: int | None = None,
+        forbidden_ids: Collection[int] = (),
     ):
         if mode not in MODES:
             raise ValueError(f"episode mode {mode!r} is not one of {MODES}")
@@ -216,6 +227,8 @@ class Episode:
         self.frames: list[g.Frame] = [g.Frame.first_view(view.size, self.orig_size)]
         self.turns: list[Turn] = []
         self.done = False
+        self.forbidden_ids = frozenset(int(i) for i in forbidden_ids)
+        self.invalid_turn: str | None = None
         self.prompt_ids: list[int] | None = None
         self.response_ids: list[int] = []
         self.response_mask: list[int] = []
@@ -315,13 +328,18 @@ class Episode:
         if self.prompt_ids is None:
             split = len(delta) if gen.prompt_split is None else gen.prompt_split
             self.prompt_ids, delta = delta[:split], delta[split:]
+        invalid = bool(self.forbidden_ids.intersection(gen.token_ids))
         self.response_ids += delta + list(gen.token_ids)
-        self.response_mask += [0] * len(delta) + [1] * len(gen.token_ids)
+        self.response_mask += [0] * len(delta) + [0 if invalid else 1] * len(gen.token_ids)
         self.response_logprobs += [0.0] * len(delta) + [float(x) for x in gen.logprobs]
 
         turn = Turn(index=len(self.turns) + 1, text=gen.text, finish_reason=gen.finish_reason)
         self.turns.append(turn)
         self.messages.append(prompts.assistant_message(gen.text))
+        if invalid:  # scored 0, masked, and the last turn: nothing may read its vision ids
+            turn.reason = self.invalid_turn = SAMPLED_VISION_TOKEN
+            self.done = True
+            return
         if self.mode == "mgpo":
             self._read_box(turn, gen.text)
         if self.model_turns >= self.max_model_turns:
@@ -337,8 +355,10 @@ class Episode:
         final = self.turns[-1].text
         first = self.turns[0] if self.mode != "direct" else None
         box_valid = first.valid if first else None
+        if self.invalid_turn:
+            box_valid = False if first else None
         reward = score(
-            final,
+            "" if self.invalid_turn else final,
             self.record.answer,
             list(self.record.options),
             format_reward=self.cfg.format_reward,
@@ -361,6 +381,7 @@ class Episode:
             response_ids=list(self.response_ids),
             response_mask=list(self.response_mask),
             response_logprobs=list(self.response_logprobs),
+            invalid_turn=self.invalid_turn,
         )
 
 

@@ -25,6 +25,10 @@ the box, crops the original and says when the episode is over. The loop only
 Images reach verl at the episode's sizes (the first view after `smart_resize`, the crop in the crop
 budget); `data.mm_processor_kwargs` (set by verl_config) spans both budgets, so neither verl's
 processor nor vLLM's resizes them and a box stays in the frame the model saw.
+A sampled vision token (vLLM's sampler is not ours; the local engine forbids them) makes the
+turn invalid (`Episode`'s rule): the episode ends there, the turn gets mask 0 and its vision ids
+are replaced by the pad id, the reward is 0 (`mgpo_invalid_turn`, counted by the reward's
+`invalid_turn`), and a warning names the sample. Nothing is retried.
 Departure: when a turn is cut by the token limit before `<|im_end|>` and the episode continues,
 the loop closes the turn with an `<|im_end|>` of mask 0, as the local engine does (verl's tool
 loop would not).
@@ -47,6 +51,7 @@ from verl.utils.tokenizer.continuous_token import MergeResult
 from components import prompts
 from components.config import EpisodeConfig
 from components.data.parquet import row_to_record
+from components.engines import tokens
 from components.episode import Episode, Generation
 
 logger = logging.getLogger(__name__)
@@ -147,6 +152,11 @@ class MGPOAgentLoop(AgentLoopBase):
         self.first_view = (int(first_view[0]), int(first_view[1]))
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.response_length = int(self.rollout_config.response_length)
+        self.vision_ids = frozenset(tokens.vision_token_ids(self.tokenizer))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.substitute_id = (
+            pad if pad is not None and pad not in self.vision_ids else self.tokenizer.eos_token_id
+        )
         self.im_end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         if self.im_end_id == getattr(self.tokenizer, "unk_token_id", None):
             self.im_end_id = None
@@ -157,6 +167,23 @@ class MGPOAgentLoop(AgentLoopBase):
             return "stop"
         return "length" if len(token_ids) >= limit else "stop"
 
+    def _mask_invalid_turn(self, ids: list[int], mask: list[int], n: int, rid: str, ep: Episode):
+        """The episode ended on an invalid turn (a sampled vision token): give the turn's last `n`
+        ids mask 0 and replace its vision ids by the pad id, so neither verl's post-processing
+        nor the actor reads them as image slots. Logged; counted by the reward's `invalid_turn`."""
+        ids, mask = list(ids), list(mask)
+        for j in range(len(ids) - n, len(ids)):
+            if ids[j] in self.vision_ids:
+                ids[j] = self.substitute_id
+        mask[len(mask) - n :] = [0] * n
+        logger.warning(
+            "sample %s: turn %d is invalid (%s); the episode ends there, masked and scored 0",
+            rid,
+            len(ep.turns),
+            ep.invalid_turn,
+        )
+        return ids, mask
+
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         record = record_from_row(kwargs)
         ep = Episode(
@@ -166,6 +193,7 @@ class MGPOAgentLoop(AgentLoopBase):
             mode=self.mode,
             first_view=self.first_view,
             max_image_pixels=self.max_image_pixels,
+            forbidden_ids=self.vision_ids,
         )
         self._assert_mm_supported(True)
         mm_kwargs = self._get_mm_processor_kwargs()
@@ -220,6 +248,10 @@ class MGPOAgentLoop(AgentLoopBase):
                     finish_reason=finish,
                 )
             )
+            if ep.invalid_turn:
+                ids, mask = self._mask_invalid_turn(ids, mask, merge.appended_token_count, record.id, ep)
+                stopped = "invalid_turn"
+                break
             if ep.done:
                 break
             # The episode appended the model's turn (already in `ids` as sampled) and its next
@@ -260,6 +292,7 @@ class MGPOAgentLoop(AgentLoopBase):
                 "mgpo_box_valid": None if first is None else bool(first.valid),
                 "mgpo_model_turns": len(turns),
                 "mgpo_stopped": stopped or "done",
+                "mgpo_invalid_turn": ep.invalid_turn,
                 "turn_scores": [],
                 "tool_rewards": [],
             },

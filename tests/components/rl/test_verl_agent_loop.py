@@ -245,6 +245,34 @@ def test_cut_turn_is_closed_and_invalid_box_shows_the_first_view_again(env):
     assert "Not providing correct coordinates" in text
 
 
+def test_a_sampled_vision_token_ends_the_episode_as_an_invalid_turn(env, caplog):
+    """vLLM's sampler is not ours: a sampled `<|image_pad|>` in turn 1 would be read as an image
+    slot by the next turn's M-RoPE and by verl's post-processing. The loop ends the episode there:
+    the turn is masked, its vision ids are replaced (mask 0), the reward is 0, and it is logged."""
+    p = params()
+    rec = env["records"][0]
+    tok = env["processor"].tokenizer
+    pad = tok.convert_tokens_to_ids(IMG)
+    turn1 = box_around_target(p, rec) + IMG
+    with caplog.at_level("WARNING"):
+        out, server, cfg, kwargs = run_loop(env, p, [turn1, f"\\boxed{{{rec.answer}}}"])
+    (s1,) = server.sampled
+    assert pad in s1 and len(server.calls) == 1  # no second turn
+    assert pad not in out.response_ids and len(out.response_ids) == len(s1)
+    assert out.response_mask == [0] * len(s1)
+    assert out.extra_fields["mgpo_invalid_turn"] == "sampled_vision_token"
+    assert out.extra_fields["mgpo_stopped"] == "invalid_turn"
+    assert len(out.multi_modal_data["images"]) == 1
+    assert any("sampled_vision_token" in r.getMessage() for r in caplog.records)
+    # verl's post-processing takes it (image pads match the one image)
+    worker = _postprocess_worker(AgentLoopWorker, env, cfg)
+    res = asyncio.run(worker._agent_loop_postprocess(out, False, **kwargs))
+    assert int(res.response_mask.sum()) == 0
+    info = {"options": list(rec.options), **out.extra_fields}
+    scored = compute_score("synthetic", tok.decode(out.response_ids), rec.answer, info)
+    assert scored["score"] == 0.0 and scored["invalid_turn"] == 1.0
+
+
 def test_direct_mode_is_one_turn_with_choices(env):
     """Also: a server without log-probs (rollout.calculate_log_probs off) gives None, as in verl."""
     p = params("rl.mode=direct")
