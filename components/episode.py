@@ -35,6 +35,9 @@ Tests: `.venv/bin/python -m pytest tests/components/test_episode.py -q`.
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -183,10 +186,43 @@ class EpisodeResult:
         }
 
 
-@lru_cache(maxsize=4)
-def _original(data: bytes, max_image_pixels: int | None, name: str) -> Image.Image:
-    # Episodes of one record (a GRPO group) share one decoded original; crops never mutate it.
-    return g.load_original(data, max_image_pixels, name)
+class _Originals:
+    """Decoded originals, least recently used first out; sized by `episode.original_cache`.
+    Thread-safe: verl's agent loop builds and steps episodes in worker threads."""
+
+    def __init__(self, size: int = 16):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, data: bytes, max_image_pixels: int | None, name: str) -> Image.Image:
+        key = (hashlib.sha1(data).digest(), max_image_pixels, name)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        image = g.load_original(data, max_image_pixels, name)  # outside the lock: slow
+        with self._lock:
+            self._items[key] = image
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return image
+
+    def resize(self, size: int) -> None:
+        with self._lock:
+            self.size = size
+            while len(self._items) > size:
+                self._items.popitem(last=False)
+
+
+# Episodes of one record (a GRPO group) share one decoded original; crops never mutate it.
+_ORIGINALS = _Originals()
+
+
+def clear_caches() -> None:
+    """Forget decoded originals and first views (tests, memory pressure)."""
+    _ORIGINALS.resize(_ORIGINALS.size)
+    with _ORIGINALS._lock:
+        _ORIGINALS._items.clear()
+    _first_view.cache_clear()
 
 
 @lru_cache(maxsize=16)
@@ -212,6 +248,8 @@ class Episode:
         if mode == "mgpo" and cfg.max_turns < 2:
             raise ValueError(f"episode.max_turns={cfg.max_turns}: the mgpo mode needs at least 2 turns")
         self.record, self.cfg, self.t, self.mode = record, cfg, templates, mode
+        if _ORIGINALS.size != cfg.original_cache:
+            _ORIGINALS.resize(cfg.original_cache)
         self._name = f"record {record.id}"
         self._max_image_pixels = max_image_pixels
         view = _first_view(
@@ -251,7 +289,7 @@ class Episode:
         return 1 if self.mode in ("direct", "oracle") else self.cfg.max_turns
 
     def _original(self) -> Image.Image:
-        return _original(bytes(self.record.image_bytes), self._max_image_pixels, self._name)
+        return _ORIGINALS.get(bytes(self.record.image_bytes), self._max_image_pixels, self._name)
 
     def _targets(self) -> list[g.Box]:
         return [tuple(float(v) for v in b) for b in (self.record.target_boxes or [])]

@@ -15,6 +15,10 @@ the box, crops the original and says when the episode is over. The loop only
 - stops before adding an image whose tokens would pass `response_length` (verl issue #4050: an
   image cut off mid-way breaks the features-to-tokens alignment), so `multi_modal_data["images"]`
   always holds exactly the images whose tokens are in the sequence, in order;
+- runs the episode's image work (building it: decoding the original and the first view; each
+  step: the crop and its resize) in worker threads (`asyncio.to_thread`), never on the event
+  loop that serves the worker's other episodes; decoded originals are cached per process
+  (`episode.original_cache`);
 - returns `AgentLoopOutput` with the final turn's text and the box validity in `extra_fields`
   (verl passes them to the reward function as `extra_info`), beside the fields verl's server
   client returns (`TokenOutput.extra_fields`), merged over turns as verl's tool loop merges them:
@@ -38,6 +42,7 @@ fake server manager.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
@@ -185,8 +190,12 @@ class MGPOAgentLoop(AgentLoopBase):
         return ids, mask
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
-        record = record_from_row(kwargs)
-        ep = Episode(
+        # Image work (decoding the original and the first view, later the crop and its resize)
+        # runs in worker threads: on the event loop it would stall every other episode this
+        # worker is serving.
+        record = await asyncio.to_thread(record_from_row, kwargs)
+        ep = await asyncio.to_thread(
+            Episode,
             record,
             self.episode_cfg,
             self.templates,
@@ -239,14 +248,15 @@ class MGPOAgentLoop(AgentLoopBase):
             finish = self._finish_reason(sampled, budget)
             text = self.tokenizer.decode(sampled, skip_special_tokens=True)
             n_before = len(ep.messages)
-            ep.step(
+            await asyncio.to_thread(
+                ep.step,
                 Generation(
                     text=text,
                     token_ids=sampled,
                     logprobs=sampled_lp if sampled_lp is not None else [0.0] * len(sampled),
                     prompt_delta_ids=delta,
                     finish_reason=finish,
-                )
+                ),
             )
             if ep.invalid_turn:
                 ids, mask = self._mask_invalid_turn(ids, mask, merge.appended_token_count, record.id, ep)

@@ -273,6 +273,34 @@ def test_a_sampled_vision_token_ends_the_episode_as_an_invalid_turn(env, caplog)
     assert scored["score"] == 0.0 and scored["invalid_turn"] == 1.0
 
 
+def test_episode_work_runs_off_the_event_loop(env, monkeypatch):
+    """Building the episode (decoding the original, the first view) and each step (crop, resize)
+    run in worker threads, so one episode's image work never stalls the worker's other loops."""
+    import threading
+
+    from components.rl import verl_agent_loop as loop_module
+
+    threads: dict[str, set] = {"init": set(), "step": set()}
+
+    class Spy(loop_module.Episode):
+        def __init__(self, *a, **k):
+            threads["init"].add(threading.get_ident())
+            super().__init__(*a, **k)
+
+        def step(self, gen):
+            threads["step"].add(threading.get_ident())
+            return super().step(gen)
+
+    monkeypatch.setattr(loop_module, "Episode", Spy)
+    p = params()
+    rec = env["records"][0]
+    out, server, _, _ = run_loop(env, p, [box_around_target(p, rec), "\\boxed{A}"])
+    assert len(server.calls) == 2 and out.extra_fields["mgpo_box_valid"] is True
+    main = threading.get_ident()  # asyncio.run ran the event loop in this thread
+    assert threads["init"] and main not in threads["init"]
+    assert len(threads["step"]) >= 1 and main not in threads["step"]
+
+
 def test_direct_mode_is_one_turn_with_choices(env):
     """Also: a server without log-probs (rollout.calculate_log_probs off) gives None, as in verl."""
     p = params("rl.mode=direct")
