@@ -190,6 +190,16 @@ class MGPOAgentLoop(AgentLoopBase):
         return ids, mask
 
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        try:
+            return await self._run(sampling_params, **kwargs)
+        except Exception as exc:
+            # Never retried here: verl's V1 worker marks the group failed and counts it
+            # (`training/rollout_failure/evicted_samples`); this line names the sample and why.
+            rid = kwargs.get("id") or (kwargs.get("extra_info") or {}).get("id") or "?"
+            logger.warning("sample %s: rollout failed: %s: %s", rid, type(exc).__name__, str(exc)[:500])
+            raise
+
+    async def _run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
         # Image work (decoding the original and the first view, later the crop and its resize)
         # runs in worker threads: on the event loop it would stall every other episode this
         # worker is serving.

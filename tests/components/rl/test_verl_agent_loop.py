@@ -301,6 +301,46 @@ def test_episode_work_runs_off_the_event_loop(env, monkeypatch):
     assert len(threads["step"]) >= 1 and main not in threads["step"]
 
 
+def test_a_failing_rollout_is_logged_with_its_reason_and_not_retried(env, caplog):
+    """A server error reaches verl (its V1 worker marks the group failed and counts it) after one
+    warning naming the sample and the reason; the loop does not ask the server again."""
+
+    class Broken(FakeServer):
+        async def generate(self, request_id, **kwargs):
+            self.calls.append(request_id)
+            raise RuntimeError("vLLM engine died")
+
+    p = params()
+    tmp, processor = env["tmp"], env["processor"]
+    yaml_path = vc.write_agent_loop_config(p, tmp / "agent_loop_broken.yaml")
+    inputs = vc.VerlInputs(
+        str(env["tiny"]), str(env["data"]), str(env["data"]), str(yaml_path), str(tmp / "ck")
+    )
+    cfg = vc.compose_main_ppo(vc.render(vc.main_ppo_overrides(p, inputs)))
+    sample = RLHFDataset(str(env["data"]), processor.tokenizer, cfg.data, processor)[0]
+    kwargs = {k: v for k, v in sample.items() if k != "dummy_tensor"}
+    server = Broken(processor.tokenizer, [])
+
+    async def go():  # instantiated inside the running loop, as verl's worker does
+        loop = hydra.utils.instantiate(
+            config=OmegaConf.load(yaml_path)[0],
+            trainer_config=DictConfigWrap(config=cfg),
+            server_manager=server,
+            tokenizer=processor.tokenizer,
+            processor=processor,
+            hf_model_type="qwen2_5_vl",
+            dataset_cls=RLHFDataset,
+            data_config=DictConfigWrap(cfg.data),
+            tools=ToolListWrap([]),
+        )
+        return await loop.run({"temperature": 1.0}, **kwargs)
+
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="vLLM engine died"):
+        asyncio.run(go())
+    assert len(server.calls) == 1
+    assert any("rollout failed: RuntimeError: vLLM engine died" in r.getMessage() for r in caplog.records)
+
+
 def test_direct_mode_is_one_turn_with_choices(env):
     """Also: a server without log-probs (rollout.calculate_log_probs off) gives None, as in verl."""
     p = params("rl.mode=direct")
