@@ -31,7 +31,7 @@ budget); `data.mm_processor_kwargs` (set by verl_config) spans both budgets, so 
 processor nor vLLM's resizes them and a box stays in the frame the model saw.
 A sampled vision token (vLLM's sampler is not ours; the local engine forbids them) makes the
 turn invalid (`Episode`'s rule): the episode ends there, the turn gets mask 0 and its vision ids
-are replaced by the pad id, the reward is 0 (`mgpo_invalid_turn`, counted by the reward's
+are replaced by the pad id, the reward is 0 (`mgpo_invalid_turn`, recorded by the reward's
 `invalid_turn`), and a warning names the sample. Nothing is retried.
 Departure: when a turn is cut by the token limit before `<|im_end|>` and the episode continues,
 the loop closes the turn with an `<|im_end|>` of mask 0, as the local engine does (verl's tool
@@ -175,7 +175,7 @@ class MGPOAgentLoop(AgentLoopBase):
     def _mask_invalid_turn(self, ids: list[int], mask: list[int], n: int, rid: str, ep: Episode):
         """The episode ended on an invalid turn (a sampled vision token): give the turn's last `n`
         ids mask 0 and replace its vision ids by the pad id, so neither verl's post-processing
-        nor the actor reads them as image slots. Logged; counted by the reward's `invalid_turn`."""
+        nor the actor reads them as image slots. Logged (one warning); the reward records `invalid_turn`."""
         ids, mask = list(ids), list(mask)
         for j in range(len(ids) - n, len(ids)):
             if ids[j] in self.vision_ids:

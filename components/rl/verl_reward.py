@@ -8,7 +8,8 @@ final assistant turn may be scored: the agent loop hands its token-exact final t
 that is absent (a reward computed outside the agent loop) the text is cut from `solution_str`
 with `components.reward.final_turn_text`. Scoring is `components.reward.score`, as everywhere.
 An episode that ended on an invalid turn (`extra_info["mgpo_invalid_turn"]`, a sampled vision
-token) scores 0, as `Episode.result` scores it; `invalid_turn` counts them in verl's metrics.
+token) scores 0, as `Episode.result` scores it; `invalid_turn` records it per trajectory (verl
+0.9.1 averages reward extras into its validation metrics and rollout dumps, not its step metrics).
 
 Configured by `components.rl.verl_config` as
 `reward.custom_reward_function.path=pkg://components.rl.verl_reward`, `.name=compute_score`.
