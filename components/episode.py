@@ -206,6 +206,10 @@ class _Originals:
                 self._items.popitem(last=False)
         return image
 
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
     def resize(self, size: int) -> None:
         with self._lock:
             self.size = size
@@ -219,9 +223,7 @@ _ORIGINALS = _Originals()
 
 def clear_caches() -> None:
     """Forget decoded originals and first views (tests, memory pressure)."""
-    _ORIGINALS.resize(_ORIGINALS.size)
-    with _ORIGINALS._lock:
-        _ORIGINALS._items.clear()
+    _ORIGINALS.clear()
     _first_view.cache_clear()
 
 
