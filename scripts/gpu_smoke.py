@@ -2,7 +2,10 @@
 
 NOT YET RUN ON A GPU. Everything up to the commands themselves is checked on the CPU by
 `--dry-run` (tests/scripts/test_gpu_smoke.py runs it in CI); whether vLLM, flash-attn and verl's
-FSDP workers actually run the tiny model on a GPU is what this script exists to find out.
+FSDP workers actually run the tiny model on a GPU is what this script exists to find out. Run by
+hand on a CPU machine with these params: build_model and prepare succeed, and sft builds its 16
+trajectories and composes verl's config, then stops where it should, in torchrun's NCCL setup
+("no GPUs found").
 
 On one CUDA GPU, in a work folder (default `smoke/`, ignored by git), it runs these steps in
 order, prints one summary line per step with its time, and exits non-zero on the first failure:
@@ -82,6 +85,7 @@ def smoke_overrides(work: Path, attn: str) -> list[str]:
         "sft.max_steps=2",
         "sft.samples_per_micro_batch=2",
         "sft.checkpoint_every=2",
+        "sft.warmup_steps=0",
         "sft.verl.nnodes=1",
         "sft.verl.nproc_per_node=1",
         "sft.verl.run_on=local",
