@@ -25,11 +25,20 @@ Modes:
 - `oracle`: turn 1 is written by the environment from the ground-truth boxes (their union, grown
   to the smallest valid box; mask 0, stored in the response like any inserted turn), followed by
   the crop turn; the model answers once. Records without target boxes are refused.
+Forbidden ids (`forbidden_ids`, the vision tokens of `components.engines.tokens.VISION_TOKENS`
+when a driver passes them): the local engine never samples them, but on verl/vLLM the sampler is
+not ours. A turn holding one is an invalid turn (`reason` "sampled_vision_token"): the episode
+ends there (a sampled `<|image_pad|>` would break the next turn's M-RoPE), the turn's ids get
+mask 0, and the episode scores 0 (`invalid_turn` says why; drivers log it).
 Tests: `.venv/bin/python -m pytest tests/components/test_episode.py -q`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, Protocol
@@ -44,6 +53,7 @@ from components.reward import RewardBreakdown, score
 Mode = Literal["mgpo", "direct", "oracle"]
 MODES = ("mgpo", "direct", "oracle")
 INITIAL_PROMPT_MESSAGES = 2  # system + first user turn: verl's prompt; the rest is the response
+SAMPLED_VISION_TOKEN = "sampled_vision_token"
 
 
 class RecordLike(Protocol):
@@ -127,6 +137,8 @@ class EpisodeResult:
     response_ids: list[int] = field(default_factory=list)
     response_mask: list[int] = field(default_factory=list)
     response_logprobs: list[float] = field(default_factory=list)
+    invalid_turn: str | None = None
+    """Why the episode ended on an invalid turn (scored 0, masked), None otherwise."""
 
     @property
     def truncated(self) -> bool:
@@ -170,13 +182,49 @@ class EpisodeResult:
             "prompt_tokens": len(self.prompt_ids),
             "response_tokens": len(self.response_ids),
             "generated_tokens": sum(self.response_mask),
+            "invalid_turn": self.invalid_turn,
         }
 
 
-@lru_cache(maxsize=4)
-def _original(data: bytes, max_image_pixels: int | None, name: str) -> Image.Image:
-    # Episodes of one record (a GRPO group) share one decoded original; crops never mutate it.
-    return g.load_original(data, max_image_pixels, name)
+class _Originals:
+    """Decoded originals, least recently used first out; sized by `episode.original_cache`.
+    Thread-safe: verl's agent loop builds and steps episodes in worker threads."""
+
+    def __init__(self, size: int = 16):
+        self.size, self._items, self._lock = size, OrderedDict(), threading.Lock()
+
+    def get(self, data: bytes, max_image_pixels: int | None, name: str) -> Image.Image:
+        key = (hashlib.sha1(data).digest(), max_image_pixels, name)
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        image = g.load_original(data, max_image_pixels, name)  # outside the lock: slow
+        with self._lock:
+            self._items[key] = image
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return image
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def resize(self, size: int) -> None:
+        with self._lock:
+            self.size = size
+            while len(self._items) > size:
+                self._items.popitem(last=False)
+
+
+# Episodes of one record (a GRPO group) share one decoded original; crops never mutate it.
+_ORIGINALS = _Originals()
+
+
+def clear_caches() -> None:
+    """Forget decoded originals and first views (tests, memory pressure)."""
+    _ORIGINALS.clear()
+    _first_view.cache_clear()
 
 
 @lru_cache(maxsize=16)
@@ -195,12 +243,15 @@ class Episode:
         mode: Mode = "mgpo",
         first_view: tuple[int, int] = (3136, 50176),
         max_image_pixels: int | None = None,
+        forbidden_ids: Collection[int] = (),
     ):
         if mode not in MODES:
             raise ValueError(f"episode mode {mode!r} is not one of {MODES}")
         if mode == "mgpo" and cfg.max_turns < 2:
             raise ValueError(f"episode.max_turns={cfg.max_turns}: the mgpo mode needs at least 2 turns")
         self.record, self.cfg, self.t, self.mode = record, cfg, templates, mode
+        if _ORIGINALS.size != cfg.original_cache:
+            _ORIGINALS.resize(cfg.original_cache)
         self._name = f"record {record.id}"
         self._max_image_pixels = max_image_pixels
         view = _first_view(
@@ -216,6 +267,8 @@ class Episode:
         self.frames: list[g.Frame] = [g.Frame.first_view(view.size, self.orig_size)]
         self.turns: list[Turn] = []
         self.done = False
+        self.forbidden_ids = frozenset(int(i) for i in forbidden_ids)
+        self.invalid_turn: str | None = None
         self.prompt_ids: list[int] | None = None
         self.response_ids: list[int] = []
         self.response_mask: list[int] = []
@@ -238,7 +291,7 @@ class Episode:
         return 1 if self.mode in ("direct", "oracle") else self.cfg.max_turns
 
     def _original(self) -> Image.Image:
-        return _original(bytes(self.record.image_bytes), self._max_image_pixels, self._name)
+        return _ORIGINALS.get(bytes(self.record.image_bytes), self._max_image_pixels, self._name)
 
     def _targets(self) -> list[g.Box]:
         return [tuple(float(v) for v in b) for b in (self.record.target_boxes or [])]
@@ -315,13 +368,18 @@ class Episode:
         if self.prompt_ids is None:
             split = len(delta) if gen.prompt_split is None else gen.prompt_split
             self.prompt_ids, delta = delta[:split], delta[split:]
+        invalid = bool(self.forbidden_ids.intersection(gen.token_ids))
         self.response_ids += delta + list(gen.token_ids)
-        self.response_mask += [0] * len(delta) + [1] * len(gen.token_ids)
+        self.response_mask += [0] * len(delta) + [0 if invalid else 1] * len(gen.token_ids)
         self.response_logprobs += [0.0] * len(delta) + [float(x) for x in gen.logprobs]
 
         turn = Turn(index=len(self.turns) + 1, text=gen.text, finish_reason=gen.finish_reason)
         self.turns.append(turn)
         self.messages.append(prompts.assistant_message(gen.text))
+        if invalid:  # scored 0, masked, and the last turn: nothing may read its vision ids
+            turn.reason = self.invalid_turn = SAMPLED_VISION_TOKEN
+            self.done = True
+            return
         if self.mode == "mgpo":
             self._read_box(turn, gen.text)
         if self.model_turns >= self.max_model_turns:
@@ -337,8 +395,10 @@ class Episode:
         final = self.turns[-1].text
         first = self.turns[0] if self.mode != "direct" else None
         box_valid = first.valid if first else None
+        if self.invalid_turn:
+            box_valid = False if first else None
         reward = score(
-            final,
+            "" if self.invalid_turn else final,
             self.record.answer,
             list(self.record.options),
             format_reward=self.cfg.format_reward,
@@ -361,6 +421,7 @@ class Episode:
             response_ids=list(self.response_ids),
             response_mask=list(self.response_mask),
             response_logprobs=list(self.response_logprobs),
+            invalid_turn=self.invalid_turn,
         )
 
 

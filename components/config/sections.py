@@ -235,6 +235,8 @@ class EpisodeConfig(Section):
     """Extra reward for a well-formed boxed answer (paper: 0)."""
     grounding_reward: float = 0.0
     """Extra reward for a valid box (paper: 0)."""
+    original_cache: int = Field(16, ge=1)
+    """Decoded full-resolution originals kept per process for crops (a GRPO group shares one)."""
 
     @model_validator(mode="after")
     def _crop(self) -> EpisodeConfig:

@@ -8,6 +8,8 @@ from pydantic import Field, field_validator, model_validator
 
 from components.config.base import Section
 
+AttnImplementation = Literal["flash_attention_2", "sdpa", "eager"]
+
 
 class SFTVerl(Section):
     nnodes: int = Field(1, ge=1)
@@ -26,6 +28,8 @@ class SFTVerl(Section):
     """verl checkpoint folder (shared by all nodes); empty: <paths.checkpoints>/sft_verl."""
     job_timeout_s: float = Field(86400, gt=0)
     """Stop waiting for (and stop) the Ray job after this many seconds."""
+    attn_implementation: AttnImplementation = "flash_attention_2"
+    """Attention kernel verl loads the model with (sdpa: a node without flash-attn)."""
     extra_overrides: list[str] = []
     """Further Hydra overrides for verl.trainer.sft_trainer."""
 
@@ -91,6 +95,12 @@ class RLVerl(Section):
     """verl checkpoint folder (shared by all nodes); empty: <paths.checkpoints>/rl_verl."""
     job_timeout_s: float = Field(172800, gt=0)
     """Stop waiting for (and stop) the Ray job after this many seconds."""
+    keep_checkpoints: int = Field(2, ge=0)
+    """Newest actor checkpoints verl keeps (0: all; a 7B one with optimizer state is ~100 GB)."""
+    attn_implementation: AttnImplementation = "flash_attention_2"
+    """Attention kernel of verl's FSDP actor and reference (sdpa: a node without flash-attn)."""
+    host_memory_warn_gb: float = Field(64, gt=0)
+    """Warn when a step's estimated pixel_values pass this many GB of host memory."""
     extra_overrides: list[str] = []
     """Further Hydra overrides for verl.trainer.main_ppo."""
 
@@ -133,7 +143,7 @@ class RLConfig(Section):
     norm_adv_by_std: bool = True
     """GRPO: divide advantages by the group's std."""
     filter_groups: bool = True
-    """Leave groups whose rewards are all equal out of the update (false: keep them, as verl)."""
+    """Leave groups whose rewards are all equal out of the update (verl: DAPO group filtering)."""
     temperature: float = Field(1.0, gt=0)
     """Rollout sampling temperature."""
     checkpoint_every: int = Field(5, ge=1)

@@ -15,6 +15,45 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 IM_END = "<|im_end|>"
+VISION_TOKENS = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
+"""Tokens only the processor and the environment place: a sampled `<|image_pad|>` would be read
+as an image slot by M-RoPE in the next turn (`get_rope_index` runs out of image grids)."""
+
+
+def vision_token_ids(tokenizer) -> tuple[int, ...]:
+    """Ids of `VISION_TOKENS` in this tokenizer (those it lacks are left out), sorted."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    ids = tokenizer.convert_tokens_to_ids(list(VISION_TOKENS))
+    return tuple(sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != unk}))
+
+
+def forbid_vision_tokens(logits, vision_ids):
+    """THE rule of what the model may sample, applied in place to (..., vocab) logits that are
+    already divided by the temperature: vision ids get the dtype's lowest finite value, so their
+    probability is exactly 0 and softmax, log-softmax and entropy stay finite (an -inf would turn
+    verl's entropy into NaN). The engine's sampler and the learner's log-probs and entropy both
+    call it, so sampled and recomputed log-probs are of the same distribution. Returns `logits`."""
+    import torch
+
+    if len(vision_ids):
+        index = torch.as_tensor(list(vision_ids), dtype=torch.long, device=logits.device)
+        logits.index_fill_(-1, index, torch.finfo(logits.dtype).min)
+    return logits
+
+
+def target_logprobs(logits, targets, vision_ids):
+    """Log-probs of `targets` (...,) under `logits` (..., vocab) with the sampling rule applied
+    (`forbid_vision_tokens`, in place). A target that is a vision id can only be one the
+    environment inserted (mask 0): it gets 0.0, as rollout stores for inserted ids, rather than
+    the rule's huge negative value."""
+    import torch
+
+    logp = torch.log_softmax(forbid_vision_tokens(logits, vision_ids), dim=-1)
+    picked = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    if len(vision_ids):
+        index = torch.as_tensor(list(vision_ids), dtype=targets.dtype, device=targets.device)
+        picked = picked.masked_fill(torch.isin(targets, index), 0.0)
+    return picked
 
 
 class TokenizationError(RuntimeError):

@@ -14,6 +14,8 @@ context):
   (without it transformers would give the crop's tokens text positions: the reference code's
   bug); decoding continues at max position + 1;
 - sampled ids are kept as sampled; deltas come from `tokens.delta_text` (never re-tokenized);
+- vision tokens (`<|image_pad|>`, `<|video_pad|>`, `<|vision_start|>`, `<|vision_end|>`) are
+  never sampled: `tokens.forbid_vision_tokens`, the rule the learner's log-probs apply too;
 - with `reuse_kv=False` every turn re-encodes the whole context (the same ids): the benchmark
   baseline and the check that both paths agree.
 Load a bundle: `TransformersEngine.from_pretrained("models/base")`.
@@ -69,6 +71,7 @@ class TransformersEngine(Engine):
         self.reuse_kv = reuse_kv
         tok = processor.tokenizer
         self.image_token_id = model.config.image_token_id
+        self.vision_ids = tokens.vision_token_ids(tok)  # never sampled (tokens.forbid_vision_tokens)
         self.stop_ids = {tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")}
         self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.pad_id = (
@@ -219,11 +222,12 @@ class TransformersEngine(Engine):
         out_lp: list[list[float]] = [[] for _ in range(b)]
         finished = [False] * b
         for _ in range(params.max_new_tokens):
+            # The learner's log-probs apply the same rule at the same temperature (logprobs.py).
+            scaled = logits / params.temperature if params.temperature > 0 else logits.clone()
+            logp = torch.log_softmax(tokens.forbid_vision_tokens(scaled, self.vision_ids), dim=-1)
             if params.temperature > 0:
-                logp = torch.log_softmax(logits / params.temperature, dim=-1)
                 picked = torch.multinomial(logp.exp(), 1, generator=self._generator).squeeze(1)
             else:
-                logp = torch.log_softmax(logits, dim=-1)
                 picked = logp.argmax(-1)
             live = [i for i in range(b) if not finished[i]]
             for i in live:
@@ -303,7 +307,7 @@ class TransformersEngine(Engine):
             use_cache=False,
             **kwargs,
         )
-        logp = torch.log_softmax(out.logits[0].float(), dim=-1)
         start = len(prompt_ids)
         targets = torch.tensor(ids[start:], device=self.device)
-        return logp[start - 1 : len(ids) - 1].gather(1, targets[:, None]).squeeze(1).tolist()
+        logits = out.logits[0, start - 1 : len(ids) - 1].float().clone()
+        return tokens.target_logprobs(logits, targets, self.vision_ids).tolist()

@@ -14,6 +14,8 @@ the per-request processor budget spans exactly their areas, so vLLM does not res
 prefix caching makes the repeated context cheap. Sampling seeds are per request (the chunk's
 seed, the episode's position in the call and the turn), so draws do not depend on batch order.
 Log-probs are vLLM's `processed_logprobs` (after temperature), as the Engine contract asks.
+Vision tokens are forbidden as in the transformers engine (`tokens.vision_token_ids`, passed as
+vLLM's `logit_bias`; not yet checked on a GPU that vLLM's processed log-probs include the bias).
 """
 
 from __future__ import annotations
@@ -25,6 +27,11 @@ from dataclasses import dataclass, field
 from components.engines import tokens
 from components.engines.base import Engine, SamplingParams
 from components.episode import INITIAL_PROMPT_MESSAGES, Episode, Generation
+
+VISION_BIAS = -100.0
+"""vLLM's logit_bias for the vision tokens: their probability becomes ~e^-100 of any other's, so
+vLLM samples them as (never) as the transformers engine does; should one still be drawn, the
+evaluation's episodes end on it as an invalid turn (components.episode)."""
 
 GPU_EXTRA_HINT = (
     "vLLM is not installed: install the gpu extra (pip install -e '.[gpu]' -c constraints/gpu.txt)"
@@ -51,6 +58,8 @@ class VLLMEngine(Engine):
         self.im_end_id = tok.convert_tokens_to_ids("<|im_end|>")
         self.stop_ids = [self.im_end_id, tok.convert_tokens_to_ids("<|endoftext|>")]
         self.image_token_id = tok.convert_tokens_to_ids("<|image_pad|>")
+        # the rule of tokens.forbid_vision_tokens, in vLLM's terms (its sampler is not ours)
+        self.logit_bias = {i: VISION_BIAS for i in tokens.vision_token_ids(tok)}
         self._rows: dict[int, _Row] = {}
 
     @classmethod
@@ -126,6 +135,7 @@ class VLLMEngine(Engine):
             max_tokens=params.max_new_tokens,
             stop_token_ids=self.stop_ids,
             logprobs=0,
+            logit_bias=dict(self.logit_bias),
             seed=seed,
             skip_special_tokens=True,
         )

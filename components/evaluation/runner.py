@@ -187,6 +187,7 @@ def result_row(chunk: Chunk, view: View, result, seconds: float) -> dict:
         seconds=seconds,
         truncated=bool(d["truncated"]),
         turns=_turn_texts(result.messages),
+        invalid_turn=d["invalid_turn"],
     )
     if chunk.mode != "direct":
         first = result.turns[0]
@@ -239,9 +240,14 @@ def run_chunk(
 ) -> list[dict]:
     """Run one chunk's episodes with `engine`; one prediction row per view, never raising for
     a bad sample."""
+    from components.engines import tokens
     from components.engines.base import SamplingParams, run_episodes
     from components.episode import Episode
 
+    # vision tokens end an episode as an invalid turn (a sampler that is not ours, vLLM's, may
+    # draw them; the transformers engine never does)
+    processor = getattr(engine, "processor", None)
+    forbidden = tokens.vision_token_ids(processor.tokenizer) if processor is not None else ()
     episodes, live, rows = [], [], [None] * len(chunk.views)
     for i, view in enumerate(chunk.views):
         try:
@@ -253,6 +259,7 @@ def run_chunk(
                     mode=chunk.mode,
                     first_view=budget,
                     max_image_pixels=settings.max_image_pixels,
+                    forbidden_ids=forbidden,
                 )
             )
             live.append(i)
@@ -280,6 +287,7 @@ def run_chunk(
                     mode=chunk.mode,
                     first_view=budget,
                     max_image_pixels=settings.max_image_pixels,
+                    forbidden_ids=forbidden,
                 )
                 (result,) = run_episodes(engine, [solo], params, batch_size=1)
                 rows[i] = result_row(chunk, chunk.views[i], result, time.perf_counter() - one)

@@ -201,7 +201,8 @@ class GRPOTrainer:
                 self.cfg.rollout_batch_size,
             )
             figures = episode_metrics([r.result for r in rollouts], self.has_target)
-            figures["failed"] = len(failures)
+            figures["failed"] = sum(f.kind == "dropped" for f in failures)
+            figures["retried_batches"] = sum(f.kind == "rerun" for f in failures)
             out.update({f"val_{protocol}_{k}": v for k, v in figures.items()})
         out["val_seconds"] = time.perf_counter() - start
         return out
@@ -287,7 +288,8 @@ class GRPOTrainer:
         usable, skipped = usable_groups(rollouts, len(records))
         rewards = [r.result.reward.score for r in usable]
         metrics.update(
-            failed_rollouts=float(len(failures)),
+            failed_rollouts=float(sum(f.kind == "dropped" for f in failures)),
+            retried_batches=float(sum(f.kind == "rerun" for f in failures)),
             skipped_groups=float(len(skipped)),
             rollout_seconds=rollout_s,
         )
@@ -311,7 +313,7 @@ class GRPOTrainer:
             log.info("step %d: no group with a reward signal; no update", step + 1)
             metrics["updated"] = 0.0
         metrics["seconds_per_step"] = time.perf_counter() - start
-        reasons = [f"step {step + 1} record {f.record_id}: {f.reason}" for f in failures]
+        reasons = [f"step {step + 1} {f.describe()}" for f in failures]
         return metrics, reasons
 
     # --------------------------------------------------------------------------- run

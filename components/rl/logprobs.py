@@ -11,8 +11,10 @@ Only the response positions go through `lm_head` (the prompt's logits are never 
 log-probs / entropies come back aligned with `response_ids` as (batch, max_response_len) tensors
 with a 0/1 `response_mask` (1 on model tokens, 0 on environment tokens and padding).
 
-Logits are divided by the sampling temperature before the softmax, as verl's actor does, so the
-policy being optimized is the one that was sampled.
+Logits are divided by the sampling temperature before the softmax, as verl's actor does, and the
+vision tokens the sampler forbids are forbidden here too (`tokens.forbid_vision_tokens`, one rule
+for both), so the policy being optimized is the one that was sampled: log-probs and entropy are
+of the same distribution the engine drew from (`logprob_gap` stays below 1e-5).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class Batch:
     response_ids: torch.Tensor  # (B, R)
     response_mask: torch.Tensor  # (B, R) float, 1 on model tokens only
     gather_index: torch.Tensor  # (B, R) position whose logits predict response token j
+    vision_ids: tuple[int, ...] = ()  # ids the sampler never draws (tokens.vision_token_ids)
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -75,6 +78,8 @@ def collate(
 ) -> Batch:
     """Build one right-padded batch; raise ValueError naming the trajectory when ids and images
     disagree (a count of image pad tokens that does not match the processor's grid)."""
+    from components.engines import tokens
+
     if not trajectories:
         raise ValueError("collate needs at least one trajectory")
     config = model.config
@@ -138,6 +143,7 @@ def collate(
         response_ids,
         response_mask,
         gather_index,
+        tokens.vision_token_ids(processor.tokenizer),
     )
 
 
@@ -165,6 +171,8 @@ def response_logprobs(
     """
     from verl.utils.torch_functional import entropy_from_logits
 
+    from components.engines import tokens
+
     inner = model.model
     embeds = inner.get_input_embeddings()(batch.input_ids)
     if batch.pixel_values is not None:
@@ -184,6 +192,8 @@ def response_logprobs(
     logits = model.lm_head(torch.gather(hidden, 1, index)).float()  # (B, R, V)
     if temperature != 1.0:
         logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1).gather(-1, batch.response_ids.unsqueeze(-1)).squeeze(-1)
+    # the sampler's rule, for log-probs and entropy alike (in place: a fresh non-leaf tensor)
+    logits = tokens.forbid_vision_tokens(logits, batch.vision_ids)
+    logp = tokens.target_logprobs(logits, batch.response_ids, batch.vision_ids)
     entropy = entropy_from_logits(logits) if with_entropy else None
     return logp, entropy

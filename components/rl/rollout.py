@@ -7,9 +7,13 @@ reward; the engine (`components.engines`) owns generation. This module only grou
   header) is dropped with its reason;
 - when a batched engine call raises, the batch is rerun in halves from fresh episodes
   (recursively), so only an episode that raises again on its own is dropped (with its reason)
-  and the rest are kept;
+  and the rest are kept. A rerun resamples its episodes, so it is never silent: each failed
+  batch is a `Failure` of kind "rerun" with its reason, logged as a warning and counted by the
+  trainer (`retried_batches`), beside the dropped rollouts (`failed_rollouts`);
 - what is left is returned with the failures; the trainer skips a group with fewer than two
   rollouts (a GRPO advantage needs a group).
+The engine never samples a vision token (`components.engines.tokens.forbid_vision_tokens`), the
+failure that used to trigger these reruns (a sampled `<|image_pad|>` broke the next turn's M-RoPE).
 """
 
 from __future__ import annotations
@@ -36,6 +40,13 @@ class Failure:
     group: int
     record_id: str
     reason: str
+    kind: str = "dropped"
+    """dropped: the rollout is lost; rerun: a batch holding it raised and was rerun in halves."""
+
+    def describe(self) -> str:
+        if self.kind == "rerun":
+            return f"batch with record {self.record_id} rerun in halves: {self.reason}"
+        return f"record {self.record_id} dropped: {self.reason}"
 
 
 def _reason(exc: BaseException) -> str:
@@ -68,7 +79,7 @@ def run_groups(
             engine, chunk, [episodes[i] for i in chunk], jobs, make_episode, params, rollouts, failures
         )
     for f in failures:
-        log.warning("rollout of record %s dropped: %s", f.record_id, f.reason)
+        log.warning("rollout %s", f.describe())
     return rollouts, failures
 
 
@@ -85,8 +96,9 @@ def _run_isolating(engine, chunk, episodes, jobs, make_episode, params, rollouts
             g, record = jobs[chunk[0]]
             failures.append(Failure(g, str(getattr(record, "id", g)), _reason(exc)))
             return
-        log.info(
-            "batched rollout of %d episodes failed (%s); rerunning it in halves", len(chunk), _reason(exc)
+        g, record = jobs[chunk[0]]
+        failures.append(
+            Failure(g, str(getattr(record, "id", g)), f"{len(chunk)} episodes: {_reason(exc)}", "rerun")
         )
     half = len(chunk) // 2
     for part in (chunk[:half], chunk[half:]):

@@ -15,12 +15,24 @@ the box, crops the original and says when the episode is over. The loop only
 - stops before adding an image whose tokens would pass `response_length` (verl issue #4050: an
   image cut off mid-way breaks the features-to-tokens alignment), so `multi_modal_data["images"]`
   always holds exactly the images whose tokens are in the sequence, in order;
+- runs the episode's image work (building it: decoding the original and the first view; each
+  step: the crop and its resize) in worker threads (`asyncio.to_thread`), never on the event
+  loop that serves the worker's other episodes; decoded originals are cached per process
+  (`episode.original_cache`);
 - returns `AgentLoopOutput` with the final turn's text and the box validity in `extra_fields`
-  (verl passes them to the reward function as `extra_info`).
+  (verl passes them to the reward function as `extra_info`), beside the fields verl's server
+  client returns (`TokenOutput.extra_fields`), merged over turns as verl's tool loop merges them:
+  the first turn's (`min_global_steps`, `global_steps`, ...), the last turn's `max_global_steps`,
+  speculative-decoding counts summed. verl's V1 trainer (the default, `trainer.use_v1`) turns
+  `min_global_steps`/`max_global_steps` into integers every step: dropping them crashed step 1.
 
 Images reach verl at the episode's sizes (the first view after `smart_resize`, the crop in the crop
 budget); `data.mm_processor_kwargs` (set by verl_config) spans both budgets, so neither verl's
 processor nor vLLM's resizes them and a box stays in the frame the model saw.
+A sampled vision token (vLLM's sampler is not ours; the local engine forbids them) makes the
+turn invalid (`Episode`'s rule): the episode ends there, the turn gets mask 0 and its vision ids
+are replaced by the pad id, the reward is 0 (`mgpo_invalid_turn`, recorded by the reward's
+`invalid_turn`), and a warning names the sample. Nothing is retried.
 Departure: when a turn is cut by the token limit before `<|im_end|>` and the episode continues,
 the loop closes the turn with an `<|im_end|>` of mask 0, as the local engine does (verl's tool
 loop would not).
@@ -30,18 +42,21 @@ fake server manager.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from pathlib import Path
 from typing import Any
 from uuid import uuid4
 
 from verl.experimental.agent_loop.agent_loop import AgentLoopBase, AgentLoopOutput
+from verl.experimental.agent_loop.tool_agent_loop import SPEC_DECODE_EXTRA_KEYS
 from verl.utils.profiler import simple_timer
 from verl.utils.tokenizer.continuous_token import MergeResult
 
 from components import prompts
 from components.config import EpisodeConfig
 from components.data.parquet import row_to_record
+from components.engines import tokens
 from components.episode import Episode, Generation
 
 logger = logging.getLogger(__name__)
@@ -93,6 +108,20 @@ def with_images(messages: list[dict], images: list) -> list[dict]:
     return out
 
 
+def merge_server_fields(fields: dict[str, Any], turn: dict[str, Any]) -> None:
+    """Fold one turn's `TokenOutput.extra_fields` into the episode's, as verl's tool loop does:
+    the first turn's fields are kept, `max_global_steps` follows the latest turn, and the
+    speculative-decoding counts add up."""
+    if not fields:
+        fields.update(turn)
+        return
+    if turn.get("max_global_steps") is not None:
+        fields["max_global_steps"] = turn["max_global_steps"]
+    for key in SPEC_DECODE_EXTRA_KEYS:
+        if key in turn and key in fields:
+            fields[key] = int(fields[key]) + int(turn[key])
+
+
 def _templates_path(path: str) -> Path:
     # On a cluster node the job runs in its own folder and `components` arrives through
     # py_modules, so a relative templates path is looked up beside the package too.
@@ -128,6 +157,11 @@ class MGPOAgentLoop(AgentLoopBase):
         self.first_view = (int(first_view[0]), int(first_view[1]))
         self.max_image_pixels = None if max_image_pixels is None else int(max_image_pixels)
         self.response_length = int(self.rollout_config.response_length)
+        self.vision_ids = frozenset(tokens.vision_token_ids(self.tokenizer))
+        pad = getattr(self.tokenizer, "pad_token_id", None)
+        self.substitute_id = (
+            pad if pad is not None and pad not in self.vision_ids else self.tokenizer.eos_token_id
+        )
         self.im_end_id = self.tokenizer.convert_tokens_to_ids(IM_END)
         if self.im_end_id == getattr(self.tokenizer, "unk_token_id", None):
             self.im_end_id = None
@@ -138,15 +172,47 @@ class MGPOAgentLoop(AgentLoopBase):
             return "stop"
         return "length" if len(token_ids) >= limit else "stop"
 
+    def _mask_invalid_turn(self, ids: list[int], mask: list[int], n: int, rid: str, ep: Episode):
+        """The episode ended on an invalid turn (a sampled vision token): give the turn's last `n`
+        ids mask 0 and replace its vision ids by the pad id, so neither verl's post-processing
+        nor the actor reads them as image slots. Logged (one warning); the reward records `invalid_turn`."""
+        ids, mask = list(ids), list(mask)
+        for j in range(len(ids) - n, len(ids)):
+            if ids[j] in self.vision_ids:
+                ids[j] = self.substitute_id
+        mask[len(mask) - n :] = [0] * n
+        logger.warning(
+            "sample %s: turn %d is invalid (%s); the episode ends there, masked and scored 0",
+            rid,
+            len(ep.turns),
+            ep.invalid_turn,
+        )
+        return ids, mask
+
     async def run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
-        record = record_from_row(kwargs)
-        ep = Episode(
+        try:
+            return await self._run(sampling_params, **kwargs)
+        except Exception as exc:
+            # Never retried here: verl's V1 worker marks the group failed and counts it
+            # (`training/rollout_failure/evicted_samples`); this line names the sample and why.
+            rid = kwargs.get("id") or (kwargs.get("extra_info") or {}).get("id") or "?"
+            logger.warning("sample %s: rollout failed: %s: %s", rid, type(exc).__name__, str(exc)[:500])
+            raise
+
+    async def _run(self, sampling_params: dict[str, Any], **kwargs) -> AgentLoopOutput:
+        # Image work (decoding the original and the first view, later the crop and its resize)
+        # runs in worker threads: on the event loop it would stall every other episode this
+        # worker is serving.
+        record = await asyncio.to_thread(record_from_row, kwargs)
+        ep = await asyncio.to_thread(
+            Episode,
             record,
             self.episode_cfg,
             self.templates,
             mode=self.mode,
             first_view=self.first_view,
             max_image_pixels=self.max_image_pixels,
+            forbidden_ids=self.vision_ids,
         )
         self._assert_mm_supported(True)
         mm_kwargs = self._get_mm_processor_kwargs()
@@ -163,6 +229,7 @@ class MGPOAgentLoop(AgentLoopBase):
         reported = 0  # ids already handed to the episode
         stopped = None
         num_preempted = 0
+        server_fields: dict[str, Any] = {}  # the server client's extra_fields, merged over turns
         while True:
             budget = min(self.episode_cfg.max_new_tokens, self.response_length - len(mask))
             if budget <= 0:
@@ -177,6 +244,7 @@ class MGPOAgentLoop(AgentLoopBase):
                     mm_processor_kwargs=mm_kwargs,
                 )
             num_preempted += out.num_preempted or 0
+            merge_server_fields(server_fields, dict(out.extra_fields or {}))
             sampled = list(out.token_ids)[:budget]
             sampled_lp = list(out.log_probs)[: len(sampled)] if out.log_probs is not None else None
             if sampled_lp is not None and logprobs is None:
@@ -190,15 +258,20 @@ class MGPOAgentLoop(AgentLoopBase):
             finish = self._finish_reason(sampled, budget)
             text = self.tokenizer.decode(sampled, skip_special_tokens=True)
             n_before = len(ep.messages)
-            ep.step(
+            await asyncio.to_thread(
+                ep.step,
                 Generation(
                     text=text,
                     token_ids=sampled,
                     logprobs=sampled_lp if sampled_lp is not None else [0.0] * len(sampled),
                     prompt_delta_ids=delta,
                     finish_reason=finish,
-                )
+                ),
             )
+            if ep.invalid_turn:
+                ids, mask = self._mask_invalid_turn(ids, mask, merge.appended_token_count, record.id, ep)
+                stopped = "invalid_turn"
+                break
             if ep.done:
                 break
             # The episode appended the model's turn (already in `ids` as sampled) and its next
@@ -234,10 +307,12 @@ class MGPOAgentLoop(AgentLoopBase):
             num_turns=1 + len(turns) + (shown - 1),
             metrics=metrics,
             extra_fields={
+                **server_fields,
                 "mgpo_final_text": ep.turns[-1].text if ep.turns else "",
                 "mgpo_box_valid": None if first is None else bool(first.valid),
                 "mgpo_model_turns": len(turns),
                 "mgpo_stopped": stopped or "done",
+                "mgpo_invalid_turn": ep.invalid_turn,
                 "turn_scores": [],
                 "tool_rewards": [],
             },

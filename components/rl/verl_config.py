@@ -14,6 +14,17 @@ Mapping (verl's batch sizes count prompts; verl multiplies by `rollout.n` itself
     rl.ppo_epochs, lr, weight_decay, clip_ratio, kl_coef, entropy_coef, grad_clip, norm_adv_by_std,
     temperature, max_steps, checkpoint_every, val_every, val_samples, seed; rl.verl.* for the
     cluster shape; episode.* for the agent loop (its YAML) and the reward's optional terms.
+    rl.filter_groups           -> algorithm.filter_groups.enable, metric "reward" (verl's DAPO
+                                  group filtering: groups whose rewards do not spread are evicted
+                                  and the batch is refilled; the local trainer only drops them)
+    rl.verl.keep_checkpoints   -> trainer.max_actor_ckpt_to_keep (0: null, keep all)
+    rl.verl.attn_implementation -> actor_rollout_ref.model.override_config.attn_implementation;
+                                  use_remove_padding only with flash_attention_2 (verl's
+                                  remove-padding path calls flash-attn's varlen kernels)
+
+`pixel_bytes_per_step` / `report_host_memory` estimate the host memory a step's pixel_values
+take (verl keeps every trajectory's `multi_modal_inputs` in the step's batch) and warn past
+`rl.verl.host_memory_warn_gb`, naming the keys that lower it.
 
 Departures: `rl.time_budget_s` has no verl counterpart (verl stops at `max_steps`; the Ray job is
 bounded by `rl.verl.job_timeout_s`); batches are dynamic (`rl.verl.max_tokens_per_gpu` tokens per
@@ -115,6 +126,47 @@ def processor_pixels(params: Params) -> tuple[int, int]:
     return min(m.min_pixels, e.crop_min_pixels), max(m.max_pixels, e.crop_max_pixels)
 
 
+PIXEL_VALUE_BYTES = 3 * 2 * 4
+"""Host bytes of pixel_values per image pixel: the Qwen2-VL image processor emits, per 14x14
+patch, 3 channels x temporal_patch_size 2 x 14 x 14 float32 values (an image is repeated over the
+two temporal slots), i.e. 24 bytes a pixel; checked against the processor in the tests."""
+
+
+def pixel_bytes_per_step(params: Params) -> int:
+    """Upper bound of one step's pixel_values bytes: prompts x rollouts trajectories, each with
+    the first view at `model.max_pixels` and one image per later turn at the larger of the crop
+    budget and the first view (an invalid box shows the first view again)."""
+    rl, m, e = params.rl, params.model, params.episode
+    later = images_per_episode(params) - 1
+    per_trajectory = m.max_pixels + later * max(e.crop_max_pixels, m.max_pixels)
+    return rl.prompts_per_step * rl.rollouts_per_prompt * per_trajectory * PIXEL_VALUE_BYTES
+
+
+def report_host_memory(params: Params) -> str | None:
+    """Log the step's pixel_values estimate; return (and log as a warning) a message naming the
+    keys to lower when it passes `rl.verl.host_memory_warn_gb`, else None."""
+    import logging
+
+    log = logging.getLogger(__name__)
+    rl = params.rl
+    gb = pixel_bytes_per_step(params) / 1e9
+    trajectories = rl.prompts_per_step * rl.rollouts_per_prompt
+    log.info("verl step: %d trajectories, pixel_values about %.1f GB of host memory", trajectories, gb)
+    if gb <= rl.verl.host_memory_warn_gb:
+        return None
+    message = (
+        f"a verl step holds about {gb:.1f} GB of pixel_values in host memory ({trajectories} trajectories = "
+        f"rl.prompts_per_step {rl.prompts_per_step} x rl.rollouts_per_prompt {rl.rollouts_per_prompt}, "
+        f"each up to model.max_pixels {params.model.max_pixels} + episode.crop_max_pixels "
+        f"{params.episode.crop_max_pixels} per later turn (episode.max_turns {params.episode.max_turns}), "
+        f"{PIXEL_VALUE_BYTES} bytes a pixel), above rl.verl.host_memory_warn_gb {rl.verl.host_memory_warn_gb:g}: "
+        "lower rl.prompts_per_step, rl.rollouts_per_prompt, model.max_pixels or episode.crop_max_pixels, "
+        "or raise the threshold on nodes with that much RAM"
+    )
+    log.warning(message)
+    return message
+
+
 def check_rl(params: Params) -> None:
     """Reject params verl would accept at compose time but fail on at run time."""
     rl, v = params.rl, params.rl.verl
@@ -162,6 +214,10 @@ def main_ppo_overrides(params: Params, inputs: VerlInputs) -> list[Override]:
         Override("algorithm.adv_estimator", "grpo", "GRPO (MGPO is GRPO over a two-turn rollout)"),
         Override("algorithm.norm_adv_by_std_in_grpo", rl.norm_adv_by_std, "rl.norm_adv_by_std"),
         Override("algorithm.use_kl_in_reward", False, "KL is a loss term (rl.kl_coef), not a reward"),
+        Override(
+            "algorithm.filter_groups.enable", rl.filter_groups, "rl.filter_groups (DAPO group filtering)"
+        ),
+        Override("algorithm.filter_groups.metric", "reward", "rl.filter_groups: groups of equal reward"),
         Override(f"{actor}.use_kl_loss", rl.kl_coef > 0, "rl.kl_coef > 0"),
         Override(f"{actor}.kl_loss_coef", rl.kl_coef, "rl.kl_coef"),
         Override(f"{actor}.kl_loss_type", "low_var_kl", "low-variance KL (paper)"),
@@ -230,6 +286,17 @@ def main_ppo_overrides(params: Params, inputs: VerlInputs) -> list[Override]:
         # model and data (paths as the cluster sees them)
         Override("actor_rollout_ref.model.path", inputs.model_path, "paths.sft_model"),
         Override(
+            "actor_rollout_ref.model.override_config.attn_implementation",
+            v.attn_implementation,
+            "rl.verl.attn_implementation",
+            new=True,
+        ),
+        Override(
+            "actor_rollout_ref.model.use_remove_padding",
+            v.attn_implementation == "flash_attention_2",
+            "remove padding needs flash-attn (rl.verl.attn_implementation)",
+        ),
+        Override(
             "actor_rollout_ref.model.trust_remote_code",
             params.model.trust_remote_code,
             "model.trust_remote_code",
@@ -246,6 +313,11 @@ def main_ppo_overrides(params: Params, inputs: VerlInputs) -> list[Override]:
         Override("trainer.test_freq", rl.val_every, "rl.val_every (steps)"),
         Override("trainer.default_local_dir", inputs.checkpoint_dir, "rl.verl.checkpoint_dir"),
         Override("trainer.resume_mode", "auto", "a resubmitted job resumes from the last checkpoint"),
+        Override(
+            "trainer.max_actor_ckpt_to_keep",
+            v.keep_checkpoints or None,
+            "rl.verl.keep_checkpoints (0: keep all)",
+        ),
         Override("trainer.project_name", params.tracking.experiment, "tracking.experiment"),
         Override("trainer.experiment_name", inputs.experiment_name, "the stage run"),
         Override("trainer.logger", list(inputs.loggers), "console, plus MLflow when a server is reachable"),

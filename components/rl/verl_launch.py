@@ -305,6 +305,7 @@ def prepare_job(params: Params, job_dir: str | Path) -> tuple[list[str], dict, P
         loggers=loggers,
     )
     overrides = vc.main_ppo_overrides(params, inputs)
+    vc.report_host_memory(params)  # logs the step's pixel_values estimate; warns past the threshold
     args = vc.render(overrides, params.rl.verl.extra_overrides)
     cfg = vc.compose_main_ppo(args)
     resolved_path = job_dir / "main_ppo_resolved.yaml"

@@ -7,6 +7,9 @@ final assistant turn may be scored: the agent loop hands its token-exact final t
 `extra_info["mgpo_final_text"]` (verl merges the loop's `extra_fields` into `extra_info`); when
 that is absent (a reward computed outside the agent loop) the text is cut from `solution_str`
 with `components.reward.final_turn_text`. Scoring is `components.reward.score`, as everywhere.
+An episode that ended on an invalid turn (`extra_info["mgpo_invalid_turn"]`, a sampled vision
+token) scores 0, as `Episode.result` scores it; `invalid_turn` records it per trajectory (verl
+0.9.1 averages reward extras into its validation metrics and rollout dumps, not its step metrics).
 
 Configured by `components.rl.verl_config` as
 `reward.custom_reward_function.path=pkg://components.rl.verl_reward`, `.name=compute_score`.
@@ -20,6 +23,7 @@ from components.reward import final_turn_text, score
 
 FINAL_TEXT_KEY = "mgpo_final_text"
 BOX_VALID_KEY = "mgpo_box_valid"
+INVALID_TURN_KEY = "mgpo_invalid_turn"
 
 
 def compute_score(
@@ -43,6 +47,9 @@ def compute_score(
     if not isinstance(final, str):
         final = final_turn_text(solution_str)
     box_valid = info.get(BOX_VALID_KEY)
+    invalid = bool(info.get(INVALID_TURN_KEY))  # the episode's rule: an invalid turn scores 0
+    if invalid:
+        final, box_valid = "", None if box_valid is None else False
     result = score(
         final,
         ground_truth,
@@ -56,4 +63,5 @@ def compute_score(
         "acc": float(result.accuracy),
         "format_ok": float(result.format_ok),
         "box_valid": float(bool(box_valid)),
+        "invalid_turn": float(invalid),
     }

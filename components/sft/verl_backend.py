@@ -113,6 +113,17 @@ def sft_overrides(
     out = [
         vc.Override("model.path", model_path, "paths.base_model (or the given model)"),
         vc.Override("model.trust_remote_code", params.model.trust_remote_code, "model.trust_remote_code"),
+        vc.Override(
+            "model.override_config.attn_implementation",
+            v.attn_implementation,
+            "sft.verl.attn_implementation",
+            new=True,
+        ),
+        vc.Override(
+            "model.use_remove_padding",
+            v.attn_implementation == "flash_attention_2",
+            "remove padding needs flash-attn (sft.verl.attn_implementation)",
+        ),
         vc.Override("data.train_files", train_files, "the sft stage's trajectory parquet"),
         vc.Override("data.val_files", None, "no validation split in verl's SFT run"),
         vc.Override(

@@ -241,3 +241,51 @@ def test_to_dict_is_json_ready():
     _, res, _ = run([box_text((50, 40, 88, 76)), "\\boxed{B}"])
     d = json.loads(json.dumps(res.to_dict()))
     assert d["correct"] and d["box_valid"] and d["turns"][0]["valid"] and d["generated_tokens"] > 0
+
+
+def test_a_sampled_vision_token_is_an_invalid_turn_scored_masked_and_final():
+    """On verl/vLLM the sampler is not ours: a turn holding a forbidden (vision) id ends the
+    episode there (no next turn to break), is masked out of the loss and scores 0, even when its
+    text would otherwise be a right answer or a valid box."""
+    ep = Episode(record(), CFG, T, "mgpo", VIEW, forbidden_ids=(77,))
+    box = "```json\n" + '[{"bbox_2d": [100, 100, 300, 300], "label": "ring"}]' + "\n```"
+    ep.step(
+        Generation(
+            text=box + " \\boxed{B}", token_ids=[5, 77, 6], logprobs=[-1.0] * 3, prompt_delta_ids=[1, 2]
+        )
+    )
+    assert ep.done and len(ep.images) == 1  # no crop turn
+    turn = ep.turns[-1]
+    assert not turn.valid and turn.reason == "sampled_vision_token"
+    assert ep.invalid_turn == "sampled_vision_token"
+    res = ep.result()
+    assert res.response_mask == [0, 0, 0] and res.reward.score == 0.0 and res.box_valid is False
+    assert res.to_dict()["invalid_turn"] == "sampled_vision_token"
+
+    clean = Episode(record(), CFG, T, "direct", VIEW, forbidden_ids=(77,))
+    clean.step(Generation(text="\\boxed{B}", token_ids=[5, 6], logprobs=[-1.0] * 2, prompt_delta_ids=[1]))
+    assert clean.invalid_turn is None and clean.result().reward.score == 1.0
+
+
+def test_the_decoded_original_cache_is_sized_by_params(monkeypatch):
+    """episode.original_cache originals stay decoded (a verl worker serves dozens of records at
+    once; 4 made every crop decode its original again)."""
+    import components.episode as episode_module
+
+    decoded = []
+    real = g.load_original
+    monkeypatch.setattr(g, "load_original", lambda *a, **k: decoded.append(1) or real(*a, **k))
+    cfg = CFG.model_copy(update={"original_cache": 12})
+    box = "```json\n" + '[{"bbox_2d": [20, 20, 120, 120], "label": "ring"}]' + "\n```"
+
+    def crop_all():
+        for i in range(10):
+            ep = Episode(record(rid=f"c{i}"), cfg, T, "mgpo", VIEW)
+            ep.step(Generation(text=box, token_ids=[5], logprobs=[-1.0], prompt_delta_ids=[1]))
+            assert len(ep.images) == 2
+
+    episode_module.clear_caches()
+    crop_all()
+    first = len(decoded)
+    crop_all()
+    assert first == 10 and len(decoded) == first  # all 10 originals still decoded

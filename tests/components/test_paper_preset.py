@@ -1,4 +1,5 @@
-"""params/paper.yaml: validates, is a drop-in for params.yaml under DVC, and holds the paper's numbers."""
+"""params/paper.yaml and params/one_node.yaml: validate, are drop-ins for params.yaml under DVC,
+and hold the paper's numbers (one_node: on 1 node of 8 GPUs, the batch cut for host memory)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from components.config import load_params
 
 ROOT = Path(__file__).resolve().parents[2]
 PAPER = ROOT / "params" / "paper.yaml"
+ONE_NODE = ROOT / "params" / "one_node.yaml"
+PRESETS = pytest.mark.parametrize("preset", [PAPER, ONE_NODE], ids=["paper", "one_node"])
 # User-named mappings and lists: their entries differ by design.
 FREE = {"evaluate.models", "evaluate.benchmarks", "prepare.benchmarks"}
 
@@ -32,21 +35,23 @@ def paper():
     return load_params(PAPER)  # raises ParamsError naming the key when invalid
 
 
-def test_same_keys_as_params_yaml():
-    """`cp params/paper.yaml params.yaml` must keep every key dvc.yaml templates or depends on."""
+@PRESETS
+def test_same_keys_as_params_yaml(preset):
+    """`cp params/<preset>.yaml params.yaml` must keep every key dvc.yaml templates or depends on."""
     embedded = keys(yaml.safe_load((ROOT / "params.yaml").read_text()))
-    preset = keys(yaml.safe_load(PAPER.read_text()))
-    assert not embedded - preset, f"add to params/paper.yaml: {sorted(embedded - preset)}"
-    assert not preset - embedded, f"params/paper.yaml has keys params.yaml lacks: {sorted(preset - embedded)}"
+    have = keys(yaml.safe_load(preset.read_text()))
+    assert not embedded - have, f"add to {preset.name}: {sorted(embedded - have)}"
+    assert not have - embedded, f"{preset.name} has keys params.yaml lacks: {sorted(have - embedded)}"
 
 
-def test_dvc_yaml_templates_resolve():
-    data = yaml.safe_load(PAPER.read_text())
+@PRESETS
+def test_dvc_yaml_templates_resolve(preset):
+    data = yaml.safe_load(preset.read_text())
     text = "\n".join(line.split("#")[0] for line in (ROOT / "dvc.yaml").read_text().splitlines())
     for ref in re.findall(r"\$\{([^}]+)\}", text):
         node = data
         for part in ref.strip().split("."):
-            assert isinstance(node, dict) and part in node, f"dvc.yaml's ${{{ref}}} missing in paper.yaml"
+            assert isinstance(node, dict) and part in node, f"dvc.yaml's ${{{ref}}} missing in {preset.name}"
             node = node[part]
 
 
@@ -73,3 +78,44 @@ def test_paper_hyperparameters(paper):
     assert paper.promote.gate_benchmark == "vstar" and paper.evaluate.engine == "vllm"
     for name, path in paper.evaluate.benchmarks.items():
         assert path == f"{paper.paths.processed_dir}/{name}/test.parquet" and name in kinds
+
+
+def test_one_node_preset_is_the_paper_on_eight_gpus(paper):
+    """Only the cluster shape, the batch (cut for host memory) and the step counts differ; verl
+    accepts the batch arithmetic on 8 GPUs, and the step's pixel_values stay under the warning."""
+    from components.rl import verl_config as vc
+
+    one = load_params(ONE_NODE)
+    assert (one.rl.verl.nnodes, one.rl.verl.n_gpus_per_node, one.sft.verl.nnodes) == (1, 8, 1)
+    vc.check_rl(one)
+    assert vc.report_host_memory(one) is None and vc.report_host_memory(paper) is not None
+    assert vc.pixel_bytes_per_step(one) / 1e9 == pytest.approx(49.3, abs=0.1)
+    assert one.rl.prompts_per_step * one.rl.max_steps == paper.rl.prompts_per_step * paper.rl.max_steps
+    assert (
+        one.rl.prompts_per_step // one.rl.prompts_per_mini_batch
+        == 4
+        == (paper.rl.prompts_per_step // paper.rl.prompts_per_mini_batch)
+    )
+    differ = {
+        "rl.max_steps",
+        "rl.time_budget_s",
+        "rl.prompts_per_step",
+        "rl.prompts_per_mini_batch",
+        "rl.checkpoint_every",
+        "rl.val_every",
+        "rl.verl.nnodes",
+        "rl.verl.job_timeout_s",
+    }
+    a, b = paper.model_dump(mode="json"), one.model_dump(mode="json")
+
+    def flat(d, prefix=""):
+        out = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(a), flat(b)
+    assert {k for k in fa if fa[k] != fb[k]} == differ

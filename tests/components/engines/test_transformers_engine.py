@@ -89,11 +89,9 @@ def test_text_positions_for_the_crop_would_differ(engine, crop_run):
                 pixel_values=torch.cat([p for e in enc for p in e.pixel_values]),
                 image_grid_thw=torch.tensor(grids),
             )
-            outs.append(
-                torch.log_softmax(out.logits[0, start - 1 : -1], -1).gather(
-                    1, torch.tensor(ids[start:])[:, None]
-                )
-            )
+            # the sampler's distribution (vision tokens forbidden, as in generation)
+            logits = out.logits[0, start - 1 : -1].float().clone()
+            outs.append(tokens.target_logprobs(logits, torch.tensor(ids[start:]), engine.vision_ids)[:, None])
     last = torch.tensor(res.response_mask, dtype=torch.bool)
     second = last.clone()
     second[: res.response_mask.index(0)] = False  # turn-2 sampled ids only
@@ -214,3 +212,16 @@ def test_encode_refuses_images_the_processor_would_resize(engine):
         )
     with pytest.raises(tokens.TokenizationError, match="no images"):
         tokens.encode(engine.processor, "<|image_pad|>", [], engine.image_token_id)
+
+
+def test_vision_tokens_are_never_sampled(bundle, records, params):
+    """At a high temperature the random model samples almost uniformly over its ids, so over
+    hundreds of tokens the 4 vision ids would show up; the engine must never emit them (the
+    rule is `tokens.forbid_vision_tokens`, shared with the learner's log-probs)."""
+    eng = TransformersEngine.from_pretrained(str(bundle))
+    hot = SamplingParams(max_new_tokens=64, temperature=50.0, seed=3)
+    results = run_episodes(eng, episodes(records * 4, params, "direct", max_new_tokens=64), hot, batch_size=8)
+    sampled = [t for r in results for t, m in zip(r.response_ids, r.response_mask, strict=True) if m]
+    assert len(sampled) > 500
+    assert len(eng.vision_ids) == 4
+    assert not set(sampled) & set(eng.vision_ids)

@@ -58,6 +58,7 @@ class FakeSampling:
     max_tokens: int
     stop_token_ids: list
     logprobs: int
+    logit_bias: dict
     seed: int | None
     skip_special_tokens: bool
 
@@ -92,7 +93,10 @@ def fake_vllm_module(model, processor, calls: list) -> types.ModuleType:
                         image_grid_thw=torch.tensor(grids),
                         use_cache=False,
                     )
-                    logp = torch.log_softmax(out.logits[0, -1].float(), -1)
+                    logits = out.logits[0, -1].float().clone()
+                    for token, bias in sp.logit_bias.items():  # as vLLM's logit_bias processor does
+                        logits[token] += bias
+                    logp = torch.log_softmax(logits, -1)
                     t = int(logp.argmax())
                     new.append(t)
                     lps.append({t: types.SimpleNamespace(logprob=float(logp[t]))})
@@ -154,6 +158,8 @@ def test_vllm_requests_match_the_transformers_engine(bundle, records, params, mo
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm_module(reference.model, reference.processor, calls))
     engine = VLLMEngine(sys.modules["vllm"].LLM(), reference.processor)
 
+    # the sampler rule of the transformers engine, as vLLM's logit_bias
+    assert engine.logit_bias == dict.fromkeys(reference.vision_ids, -100.0) and len(reference.vision_ids) == 4
     expected = run_all(reference, records, params, mode)
     got = run_all(engine, records, params, mode)
     turns = {"mgpo": 2, "oracle": 1, "direct": 1}[mode]

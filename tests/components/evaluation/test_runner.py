@@ -185,3 +185,47 @@ def test_repeated_sampling_reports_mean_and_std(eval_bundle, eval_benchmarks, tm
     for r in res.rows:
         texts[r["id"]].add(r["turns"][0]["response"])
     assert all(len(t) > 1 for t in texts.values())
+
+
+def test_a_sampled_vision_token_is_an_invalid_turn_not_a_crash(eval_bundle, eval_benchmarks):
+    """vLLM's sampler is not ours: a sampled `<|image_pad|>` in turn 1 would make the next
+    turn's request carry more image slots than images. The runner's episodes end on it as an
+    invalid turn (scored wrong, named in the row) instead of raising or running turn 2."""
+    from components.config import EpisodeConfig
+    from components.data.parquet import read_records
+    from components.engines.base import Engine
+    from components.episode import Generation
+    from components.evaluation.runner import Chunk, WorkerSettings, first_view_budget, run_chunk
+    from components.evaluation.views import views_of
+    from components.models.loading import load_bundle
+    from components.prompts import load_templates
+
+    _, processor = load_bundle(str(eval_bundle))
+
+    class SamplesAPad(Engine):
+        def __init__(self):
+            self.processor, self.calls = processor, 0
+
+        def generate(self, episodes, params):
+            self.calls += 1
+            pad = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+            return [
+                Generation(
+                    text="\\boxed{A}", token_ids=[pad, 5], logprobs=[-1.0, -1.0], prompt_delta_ids=[1, 2]
+                )
+                for _ in episodes
+            ]
+
+        def reset(self):
+            pass
+
+    records = list(read_records(eval_benchmarks["test"]))[:2]
+    views = tuple(v for r in records for v in views_of(r, 0, False, False, 1))
+    chunk = Chunk("m", "test", "mgpo", "fp", views, 0)
+    engine = SamplesAPad()
+    settings = WorkerSettings(EpisodeConfig(), temperature=0.0)
+    templates = load_templates("components/templates.yaml", "paper")
+    rows = run_chunk(engine, first_view_budget(processor), chunk, settings, templates)
+    assert engine.calls == 1  # no second turn
+    assert all(r["invalid_turn"] == "sampled_vision_token" and not r["correct"] for r in rows), rows
+    assert all("error" not in r or not r["error"] for r in rows)

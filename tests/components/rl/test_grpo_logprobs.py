@@ -92,3 +92,23 @@ def test_mismatched_images_are_named(bundle, trajectories):
     t2 = type(t)(**{**t.__dict__, "images": t.images[:1]})
     with pytest.raises(ValueError, match=r"trajectory 0: .* image pad tokens"):
         collate([t2], processor, model)
+
+
+def test_learner_forbids_the_vision_tokens_the_sampler_forbids(bundle, trajectories):
+    """Log-probs and entropy are of the sampler's distribution: the 4 vision ids have no mass,
+    the rest renormalize, and the entropy stays finite (tokens.forbid_vision_tokens)."""
+    from components.engines import tokens
+
+    model, processor = bundle
+    batch = collate(trajectories, processor, model)
+    assert len(batch.vision_ids) == 4
+    with torch.no_grad():
+        logp, entropy = response_logprobs(model, batch, temperature=30.0, with_entropy=True)
+        full = tokens.forbid_vision_tokens(torch.randn(2, 3, 50), [1, 7])
+        assert torch.all(torch.softmax(full, -1)[..., [1, 7]] == 0)
+    assert torch.isfinite(entropy).all() and torch.isfinite(logp).all()
+    # at temperature 30 the random model is near uniform over the ids it may sample
+    vocab = model.lm_head.out_features
+    mask = batch.response_mask.bool()
+    allowed = torch.log(torch.tensor(float(vocab - 4)))
+    assert entropy[mask].max() <= allowed + 1e-4 and entropy[mask].min() > allowed - 0.05

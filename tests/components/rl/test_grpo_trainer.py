@@ -14,9 +14,12 @@ import pytest
 import torch
 from rl_testkit import ScriptedEngine, make_record, small_params
 
+from components.engines import tokens
 from components.engines.base import Engine
 from components.models.loading import load_bundle
+from components.rl import grpo
 from components.rl.grpo import GRPOTrainer, step_records
+from components.rl.rollout import run_groups
 
 RL = [
     "rl.prompts_per_step=2",
@@ -86,10 +89,38 @@ def test_a_real_engine_step_recomputes_the_sampled_logprobs(tiny_bundle, records
     metrics, failures = tr.step()
     assert failures == [] and metrics["failed_rollouts"] == 0
     # the update's full forward (M-RoPE, all images) reproduces rollout's KV-cached log-probs
-    assert metrics["logprob_gap"] < 1e-3
+    assert metrics["logprob_gap"] < 1e-5
     assert math.isfinite(metrics["kl"]) and metrics["kl"] >= 0
     assert 0 < metrics["response_tokens_per_turn"] <= 6
     assert metrics["seconds_per_step"] > 0
+
+
+def test_a_hot_step_never_samples_vision_tokens_and_keeps_the_logprob_gap(
+    tiny_bundle, records, tmp_path, monkeypatch
+):
+    """At temperature 30 the random model spreads its mass over every id, vision tokens included.
+    The sampler and the learner forbid the same 4 ids (one rule, tokens.forbid_vision_tokens):
+    none is sampled, no rollout fails or is rerun, and the recomputed log-probs match the sampled
+    ones (a one-sided mask put the gap at about 4e-3)."""
+    seen = []
+
+    def spy(*args, **kwargs):
+        rollouts, failures = run_groups(*args, **kwargs)
+        seen.extend(rollouts)
+        return rollouts, failures
+
+    monkeypatch.setattr(grpo, "run_groups", spy)
+    tr = trainer_for(tiny_bundle, records, tmp_path, "rl.temperature=30", "episode.max_new_tokens=64")
+    metrics, failures = tr.step()
+    vision = set(tokens.vision_token_ids(tr.processor.tokenizer))
+    sampled = [
+        t for r in seen for t, m in zip(r.result.response_ids, r.result.response_mask, strict=True) if m
+    ]
+    assert len(vision) == 4 and len(sampled) > 500
+    assert not vision & set(sampled)  # unmasked, this step samples 3 of them
+    assert failures == [] and metrics["failed_rollouts"] == 0 and metrics["retried_batches"] == 0
+    assert metrics["logprob_gap"] < 1e-5
+    assert math.isfinite(metrics["entropy"])
 
 
 def test_groups_without_a_reward_signal_are_left_out_of_the_update(tiny_bundle, records, tmp_path):
@@ -145,7 +176,12 @@ def test_an_engine_fault_drops_only_the_rollout_that_raises(tiny_bundle, records
     metrics, failures = tr.step()
     # the batch failed and was rerun in halves: only r0's first episode run alone raised again
     assert metrics["failed_rollouts"] == 1 and metrics["skipped_groups"] == 0
-    assert len(failures) == 1 and "record r0" in failures[0] and "engine fault for r0" in failures[0]
+    dropped = [f for f in failures if "dropped" in f]
+    assert len(dropped) == 1 and "record r0" in dropped[0] and "engine fault for r0" in dropped[0]
+    # no rerun is silent: each failed batch is counted and named with its reason
+    retried = [f for f in failures if "rerun" in f]
+    assert metrics["retried_batches"] == len(retried) >= 1
+    assert all("engine fault in a batch holding r0" in f for f in retried)
     assert math.isfinite(metrics["loss"])
 
 

@@ -206,3 +206,78 @@ def test_defaults_fit_the_papers_cluster_shape():
 )
 def test_hydra_values(value, text):
     assert vc.hydra_value(value) == text
+
+
+def compose_for(tmp_path, tiny, *overrides):
+    p = params(*overrides)
+    return p, vc.compose_main_ppo(
+        vc.render(vc.main_ppo_overrides(p, inputs(tmp_path, tiny)), p.rl.verl.extra_overrides)
+    )
+
+
+@pytest.mark.parametrize("on", [True, False])
+def test_filter_groups_maps_to_verls_group_filtering(tmp_path, tiny, on):
+    """rl.filter_groups (leave equal-reward groups out) is verl's DAPO group filtering on the
+    canonical reward (`algorithm.filter_groups`, metric "reward": groups whose rewards have no
+    spread are evicted), as the V1 trainer reads it (`_resolve_filter_groups_metric`)."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    _, cfg = compose_for(tmp_path, tiny, f"rl.filter_groups={str(on).lower()}")
+    fg = omega_conf_to_dataclass(cfg.algorithm).filter_groups
+    assert fg.enable is on and fg.metric == "reward"
+
+
+def test_keep_checkpoints_bounds_verls_actor_checkpoints(tmp_path, tiny):
+    _, cfg = compose_for(tmp_path, tiny, "rl.verl.keep_checkpoints=2")
+    assert cfg.trainer.max_actor_ckpt_to_keep == 2
+    _, cfg = compose_for(tmp_path, tiny, "rl.verl.keep_checkpoints=0")
+    assert cfg.trainer.max_actor_ckpt_to_keep is None  # verl: keep all
+
+
+@pytest.mark.parametrize(("impl", "unpad"), [("flash_attention_2", True), ("sdpa", False)])
+def test_attention_implementation_reaches_verls_model_config(tmp_path, tiny, impl, unpad):
+    """verl's HFModelConfig loads the model config with `override_config.attn_implementation`
+    (default flash_attention_2); its remove-padding path calls flash-attn's varlen kernels, so the
+    sdpa fallback (a node without flash-attn) turns it off."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    _, cfg = compose_for(tmp_path, tiny, f"rl.verl.attn_implementation={impl}")
+    model = omega_conf_to_dataclass(cfg.actor_rollout_ref.model)
+    assert model.hf_config._attn_implementation == impl
+    assert cfg.actor_rollout_ref.model.use_remove_padding is unpad
+
+
+def test_host_memory_estimate_counts_pixel_values_as_the_processor_emits_them(caplog):
+    """Per trajectory: the first view plus one crop per later turn at their pixel budgets; the
+    Qwen2-VL image processor emits 3 channels x temporal_patch_size 2 fp32 values per pixel."""
+    from PIL import Image
+    from transformers.models.qwen2_vl.image_processing_qwen2_vl import Qwen2VLImageProcessor
+
+    pixels = 1120 * 896
+    proc = Qwen2VLImageProcessor(min_pixels=3136, max_pixels=pixels)
+    pv = proc(images=[Image.new("RGB", (1120, 896))], return_tensors="pt")["pixel_values"]
+    assert vc.PIXEL_VALUE_BYTES * pixels == pv.numel() * pv.element_size()
+
+    paper = params(
+        "rl.prompts_per_step=512",
+        "rl.rollouts_per_prompt=8",
+        "rl.prompts_per_mini_batch=128",
+        "model.max_pixels=1003520",
+        "episode.crop_max_pixels=1003520",
+        "rl.verl.host_memory_warn_gb=64",
+    )
+    est = vc.pixel_bytes_per_step(paper)
+    assert est == 512 * 8 * (1003520 + 1003520) * vc.PIXEL_VALUE_BYTES  # ~197 GB
+    with caplog.at_level("INFO"):
+        message = vc.report_host_memory(paper)
+    assert message is not None and "197.3 GB" in message
+    for key in (
+        "rl.prompts_per_step",
+        "rl.rollouts_per_prompt",
+        "model.max_pixels",
+        "episode.crop_max_pixels",
+    ):
+        assert key in message
+    assert any(r.levelname == "WARNING" and "197.3 GB" in r.getMessage() for r in caplog.records)
+    small = params("rl.verl.host_memory_warn_gb=64")
+    assert vc.report_host_memory(small) is None

@@ -33,7 +33,7 @@ def test_only_the_last_turn_counts(decode):
     assert compute_score("s", right_in_turn1, "A", {"options": OPTIONS})["score"] == 1.0
     no_answer_in_last = decode("\\boxed{B}", "I cannot tell")
     out = compute_score("s", no_answer_in_last, "B", {"options": OPTIONS})
-    assert out == {"score": 0.0, "acc": 0.0, "format_ok": 0.0, "box_valid": 0.0}
+    assert out == {"score": 0.0, "acc": 0.0, "format_ok": 0.0, "box_valid": 0.0, "invalid_turn": 0.0}
 
 
 def test_a_response_cut_inside_the_user_turn_has_no_final_answer():
@@ -44,7 +44,7 @@ def test_a_response_cut_inside_the_user_turn_has_no_final_answer():
 def test_the_agent_loops_final_text_wins_over_parsing():
     info = {"options": OPTIONS, "mgpo_final_text": "\\boxed{C}", "mgpo_box_valid": True}
     out = compute_score("s", skipped("x", "\\boxed{A}"), "C", info)
-    assert out == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "box_valid": 1.0}
+    assert out == {"score": 1.0, "acc": 1.0, "format_ok": 1.0, "box_valid": 1.0, "invalid_turn": 0.0}
 
 
 def test_option_text_and_optional_terms():

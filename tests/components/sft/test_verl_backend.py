@@ -182,3 +182,19 @@ def test_a_failing_local_run_fails_with_its_output(tmp_path):
         vb._run_local([sys.executable, "-c", code], tmp_path / "train.log", seen.append)
     assert seen == ["step 1 loss 2.0"]
     assert (tmp_path / "train.log").read_text() == "step 1 loss 2.0\n"
+
+
+@pytest.mark.parametrize(("impl", "unpad"), [("flash_attention_2", True), ("sdpa", False)])
+def test_attention_implementation_reaches_verls_sft_model_config(tmp_path, tiny_bundle, impl, unpad):
+    """sft.verl.attn_implementation is verl's `model.override_config.attn_implementation`
+    (HFModelConfig loads the config with it); remove padding needs flash-attn, so sdpa drops it."""
+    from sft_fixtures import write_handmade
+    from verl.utils.config import omega_conf_to_dataclass
+
+    traj = write_handmade(tmp_path / "traj.parquet", n=8)
+    p = sft_params(tmp_path, f"sft.verl.attn_implementation={impl}")
+    _, resolved, _, _ = vb.prepare_sft(p, traj, tmp_path / "job", model=str(tiny_bundle))
+    cfg = OmegaConf.load(resolved)
+    assert cfg.model.override_config.attn_implementation == impl
+    assert cfg.model.use_remove_padding is unpad
+    assert omega_conf_to_dataclass(cfg.model).hf_config._attn_implementation == impl
