@@ -34,7 +34,7 @@ from components.data.record import Record
 from components.data.synthetic import PAIRS
 
 CENTRAL_SHARE = 0.7  # side share of the box read by the classifier: inside the 12% frame (76% inner)
-MIN_CONTRAST = 4.0  # rms gray levels along a pair's axis below which no pattern is visible
+MIN_CONTRAST = 24.0  # rms gray levels along a pair's axis below which no pattern is visible (a sub-patch checker keeps up to ~13 in patch means from unequal cell counts)
 
 
 @dataclass(frozen=True)
