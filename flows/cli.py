@@ -1,7 +1,9 @@
 """The `mgpo` command: one subcommand per pipeline stage, plus `pipeline` and `infer`.
 
 Every stage runs as a Prefect flow and opens one MLflow run. Common options: `--params PATH`
-(default params.yaml) and repeated `-S key.path=value` overrides, validated like the file.
+(default params.yaml; repeatable: the first file is the base, each later one a partial overlay
+deep-merged on it, mappings merging and lists and scalars replacing) and repeated
+`-S key.path=value` overrides applied after the overlays, all validated together.
 Before any flow module is imported, the params are validated and the MLflow tracking server
 and the Prefect API (when they are servers) are asked whether they answer (flows/preflight.py):
 a bad key or a server that is down is one line, within a few seconds. `mgpo pipeline` with
@@ -10,6 +12,7 @@ DVC's stages call these commands (see dvc.yaml).
 
     mgpo build-model                 # the tiny Qwen2.5-VL bundle in models/base
     mgpo prepare -S prepare.synthetic.train=64
+    mgpo rl --params params.yaml --params my-overlay.yaml -S rl.max_steps=5
     mgpo infer IMAGE "QUESTION" --options red blue --model models/base
 """
 
@@ -33,7 +36,14 @@ STAGES = {
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--params",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="params file (default: params.yaml); repeatable: the first is the base, each later one a "
+        "partial overlay deep-merged on it (mappings merge, lists and scalars replace), then -S",
+    )
     parser.add_argument(
         "-S",
         "--set",
@@ -109,8 +119,16 @@ def preflight(args: argparse.Namespace) -> bool:
     return False
 
 
+def params_argument(files: list[str] | None) -> str | list[str]:
+    """What the flows get as `params_path`: the one file as a string (as before overlays), or
+    the list [base, overlay, ...]."""
+    files = list(files or ["params.yaml"])
+    return files[0] if len(files) == 1 else files
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.params = params_argument(args.params)
     module_name, _ = STAGES[args.command]
     from components.config import ParamsError
     from components.tracking import TrackingUnavailable

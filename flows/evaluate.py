@@ -21,7 +21,7 @@ import re
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 _METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
@@ -70,7 +70,9 @@ def summary_lines(metrics: dict) -> list[str]:
 
 @flow(name="evaluate")
 def evaluate_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, models: list[str] | None = None
+    params_path: ParamsPath = "params.yaml",
+    overrides: list[str] | None = None,
+    models: list[str] | None = None,
 ) -> dict:
     import mlflow
 
@@ -99,7 +101,7 @@ def evaluate_flow(
     return result.metrics
 
 
-def run(params_path: str, overrides: list[str], model: list[str] | None = None, **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], model: list[str] | None = None, **_: object) -> int:
     from components.evaluation.session import check_inputs
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +196,7 @@ def _run_local(params, resume: bool) -> dict:
 
 @flow(name="rl")
 def rl_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
 ) -> dict:
     from components.tracking import register_model_dir, stage_run
 
@@ -222,7 +222,7 @@ def rl_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], resume: bool = False, **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], resume: bool = False, **_: object) -> int:
     import sys
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts

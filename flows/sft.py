@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 TRAJECTORIES = "train.parquet"
 
@@ -150,7 +150,7 @@ def _run_verl(params, data_path: Path) -> dict:
 
 @flow(name="sft")
 def sft_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
 ) -> dict:
     import mlflow
 
@@ -197,7 +197,7 @@ def sft_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], resume: bool = False, **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], resume: bool = False, **_: object) -> int:
     import sys
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
