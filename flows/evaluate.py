@@ -68,19 +68,15 @@ def summary_lines(metrics: dict) -> list[str]:
     return lines
 
 
-@flow(name="evaluate")
-def evaluate_flow(
-    params_path: ParamsPath = "params.yaml",
-    overrides: list[str] | None = None,
-    models: list[str] | None = None,
-) -> dict:
+def run_evaluate(params, models: list[str] | None = None, tags: dict[str, str] | None = None) -> dict:
+    """The stage's work in one MLflow run (inside a flow): evaluate, log, print; the metrics.
+    `mgpo science` calls it per arm."""
     import mlflow
 
     from components.tracking import stage_run
 
-    params = params_for(params_path, overrides)
     cfg, episode = params.evaluate, params.episode
-    tags = {"mgpo.models": ",".join(models or cfg.models)}
+    tags = {"mgpo.models": ",".join(models or cfg.models), **(tags or {})}
     with stage_run("evaluate", params.tracking, {"evaluate": cfg, "episode": episode}, tags=tags):
         result = evaluate_task(
             cfg, episode, params.paths.eval_dir, models or None, params.model.trust_remote_code
@@ -99,6 +95,15 @@ def evaluate_flow(
         print(f"evaluate: skipped {name}: {why}")
     print(f"evaluate: wrote {', '.join(str(p) for p in result.files.values())}")
     return result.metrics
+
+
+@flow(name="evaluate")
+def evaluate_flow(
+    params_path: ParamsPath = "params.yaml",
+    overrides: list[str] | None = None,
+    models: list[str] | None = None,
+) -> dict:
+    return run_evaluate(params_for(params_path, overrides), models)
 
 
 def run(params_path: ParamsPath, overrides: list[str], model: list[str] | None = None, **_: object) -> int:

@@ -194,23 +194,22 @@ def _run_local(params, resume: bool) -> dict:
     return summary
 
 
-@flow(name="rl")
-def rl_flow(
-    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
-) -> dict:
+def run_rl(params, resume: bool = False, register: bool = True, tags: dict[str, str] | None = None) -> dict:
+    """The stage's work in one MLflow run (inside a flow): training, outputs, and (with
+    `register`) the registry version with alias `candidate`. `mgpo science` calls it per arm."""
     from components.tracking import register_model_dir, stage_run
 
-    params = params_for(params_path, overrides)
     cfg = params.rl
-    tags = {"mgpo.rl.mode": cfg.mode, "mgpo.rl.backend": cfg.backend}
+    tags = {"mgpo.rl.mode": cfg.mode, "mgpo.rl.backend": cfg.backend, **(tags or {})}
     sections = {"rl": cfg, "episode": params.episode}
     with stage_run("rl", params.tracking, sections, tags=tags):
         start = time.perf_counter()
         summary = _run_verl(params) if cfg.backend == "verl" else _run_local(params, resume)
         if not (Path(params.paths.rl_model) / "config.json").is_file():
             raise RuntimeError(f"the RL backend left no model in paths.rl_model ({params.paths.rl_model})")
-        version = register_model_dir(params.paths.rl_model, params.tracking, "candidate", tags=tags)
-        summary["registered_version"] = str(version.version)
+        if register:
+            version = register_model_dir(params.paths.rl_model, params.tracking, "candidate", tags=tags)
+            summary["registered_version"] = str(version.version)
         summary["stage_seconds"] = round(time.perf_counter() - start, 1)
     print(f"rl: {json.dumps({k: v for k, v in summary.items() if not k.startswith('val_')})}")
     if "val_before" in summary:
@@ -220,6 +219,13 @@ def rl_flow(
     if line:
         print(line)
     return summary
+
+
+@flow(name="rl")
+def rl_flow(
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
+) -> dict:
+    return run_rl(params_for(params_path, overrides), resume)
 
 
 def run(params_path: ParamsPath, overrides: list[str], resume: bool = False, **_: object) -> int:

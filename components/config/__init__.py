@@ -34,7 +34,7 @@ from components.config.sections import (
     Tracking,
     VisionConfig,
 )
-from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig
+from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig, ScienceConfig
 from components.config.training import RLConfig, RLVerl, SFTConfig, SFTVerl
 
 __all__ = [
@@ -54,6 +54,7 @@ __all__ = [
     "SFTConfig",
     "SFTVerl",
     "ScaleSweep",
+    "ScienceConfig",
     "Section",
     "Split4K",
     "SyntheticConfig",

@@ -20,7 +20,7 @@ from pydantic import ValidationError, model_validator
 
 from components.config.base import ParamsError, Section
 from components.config.sections import EpisodeConfig, ModelConfig, Paths, PrepareConfig, Tracking
-from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig
+from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig, ScienceConfig
 from components.config.training import RLConfig, SFTConfig
 
 
@@ -35,6 +35,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    science: ScienceConfig = ScienceConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Params:
