@@ -3,7 +3,8 @@
 A stage run is tagged with the stage name, the git commit, the DVC hashes of its inputs (see
 components/lineage.py) and its params section (logged as params and as a YAML artifact). When
 `MGPO_PARENT_RUN_ID` is set (the pipeline flow sets it for `dvc repro`), the stage run becomes a
-child of that pipeline run.
+child of that pipeline run; a stage run opened while another run is active in the process (the
+`mgpo science` sweep) becomes a child of that run.
 """
 
 from __future__ import annotations
@@ -132,7 +133,9 @@ def stage_run(
     parent = os.environ.get(PARENT_ENV)
     if parent:
         all_tags["mlflow.parentRunId"] = parent
-    with mlflow.start_run(run_name=stage, tags=all_tags) as run:
+    # Inside another run (a sweep such as `mgpo science` runs stages in one process): a child of it.
+    nested = mlflow.active_run() is not None
+    with mlflow.start_run(run_name=stage, tags=all_tags, nested=nested) as run:
         params: dict[str, str] = {}
         for name, section in sections.items():
             params.update(flatten(section, f"{name}."))

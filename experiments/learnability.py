@@ -79,13 +79,19 @@ def draw_examples(
         pattern = rec.meta["pattern"]
         if skill == "locate":
             image = fv
-            question = prompts.render(t.turn1, question=rec.question, question_stop=prompts.question_stop(rec.question))
+            question = prompts.render(
+                t.turn1, question=rec.question, question_stop=prompts.question_stop(rec.question)
+            )
             answer = prompts.render_box(t, snapped, rec.meta["targets"][0])
         else:
             if skill == "read_crop":
                 orig = g.load_original(rec.image_bytes)
-                image = g.crop(orig, g.to_original(snapped, (sw, sh), (rec.width, rec.height)),
-                               params.episode.crop_min_pixels, params.episode.crop_max_pixels)
+                image = g.crop(
+                    orig,
+                    g.to_original(snapped, (sw, sh), (rec.width, rec.height)),
+                    params.episode.crop_min_pixels,
+                    params.episode.crop_max_pixels,
+                )
             else:
                 image = fv
             question = f"Question: {rec.question}"
@@ -117,7 +123,9 @@ def digit_groups(ids: list[int], mask: list[int], tok) -> list[list[int]]:
     return groups[-4:]  # the last four: "bbox_2d" has a digit too
 
 
-def evaluate(model, processor, encoded: list[dict], val: list[Example], skill: str, first_ids: list[int]) -> dict:
+def evaluate(
+    model, processor, encoded: list[dict], val: list[Example], skill: str, first_ids: list[int]
+) -> dict:
     model.eval()
     tok = processor.tokenizer
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -141,15 +149,21 @@ def evaluate(model, processor, encoded: list[dict], val: list[Example], skill: s
                     predicted.append(tuple(int(logits[r, grp[0] - 1].argmax()) for grp in groups))
                 else:
                     # The first answer token after "The answer is".
-                    pos = next(i for i, m in enumerate(mask) if m and tok.decode([ids[i]]).strip() in {
-                        n.split()[0] for n in PAIR_NAMES})
+                    pos = next(
+                        i
+                        for i, m in enumerate(mask)
+                        if m and tok.decode([ids[i]]).strip() in {n.split()[0] for n in PAIR_NAMES}
+                    )
                     scores = logits[r, pos - 1, first_ids]
                     read_right += int(scores.argmax()) == first_ids.index(ids[pos])
     model.train()
     n = len(encoded)
     if skill == "locate":
-        return {"coord_acc": [round(x / n, 3) for x in right], "exact": round(exact / n, 3),
-                "distinct_first_digits": len(set(predicted))}
+        return {
+            "coord_acc": [round(x / n, 3) for x in right],
+            "exact": round(exact / n, 3),
+            "distinct_first_digits": len(set(predicted)),
+        }
     return {"acc": round(read_right / n, 3)}
 
 
@@ -250,8 +264,12 @@ def main() -> None:
             m = evaluate(model, processor, val_enc, val, args.skill, first_ids)
             tm = evaluate(model, processor, train_enc[: len(val_enc)], train, args.skill, first_ids)
             m["train"] = tm.get("coord_acc", tm.get("acc"))
-            row = {"step": step, "minutes": round((time.time() - t_train) / 60, 2),
-                   "loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4), **m}
+            row = {
+                "step": step,
+                "minutes": round((time.time() - t_train) / 60, 2),
+                "loss": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+                **m,
+            }
             if const:
                 row["constant"] = const
             rows.append(row)
@@ -262,8 +280,15 @@ def main() -> None:
         if step == args.steps:
             break
         if args.fresh:
-            fresh = draw_examples(params, args.skill, "probe_train", args.batch, args.seed, args.orig_scale,
-                                  start=(step + 1) * args.batch)
+            fresh = draw_examples(
+                params,
+                args.skill,
+                "probe_train",
+                args.batch,
+                args.seed,
+                args.orig_scale,
+                start=(step + 1) * args.batch,
+            )
             batch = collate([encode(e, processor, system) for e in fresh], pad)
         else:
             batch = collate([train_enc[rng.randrange(len(train_enc))] for _ in range(args.batch)], pad)

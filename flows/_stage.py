@@ -5,10 +5,10 @@
 
 from __future__ import annotations
 
-from components.config import Params, load_params
+from components.config import Params, ParamsPath, load_params
 from flows.preflight import PrefectUnavailable, configured_prefect_api, prefect_unreachable
 
-__all__ = ["PrefectUnavailable", "check_prefect_api", "params_for"]
+__all__ = ["ParamsPath", "PrefectUnavailable", "check_prefect_api", "params_for"]
 
 
 def check_prefect_api(timeout: float = 5.0) -> None:
@@ -18,6 +18,7 @@ def check_prefect_api(timeout: float = 5.0) -> None:
         raise PrefectUnavailable(why)
 
 
-def params_for(params_path: str, overrides: list[str] | None) -> Params:
+def params_for(params_path: ParamsPath, overrides: list[str] | None) -> Params:
+    """Validated params of one file or of a base file and its overlays (then the overrides)."""
     check_prefect_api()
     return load_params(params_path, overrides or [])

@@ -18,11 +18,11 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 
 @flow(name="build-model")
-def build_model_flow(params_path: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+def build_model_flow(params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None) -> dict:
     import mlflow
 
     from components.models.loading import materialize_external
@@ -49,7 +49,7 @@ def build_model_flow(params_path: str = "params.yaml", overrides: list[str] | No
     return summary
 
 
-def run(params_path: str, overrides: list[str], **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], **_: object) -> int:
     params_for(params_path, overrides)  # invalid params fail here, before Prefect starts
     build_model_flow(params_path, overrides)
     return 0

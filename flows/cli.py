@@ -1,7 +1,9 @@
 """The `mgpo` command: one subcommand per pipeline stage, plus `pipeline` and `infer`.
 
 Every stage runs as a Prefect flow and opens one MLflow run. Common options: `--params PATH`
-(default params.yaml) and repeated `-S key.path=value` overrides, validated like the file.
+(default params.yaml; repeatable: the first file is the base, each later one a partial overlay
+deep-merged on it, mappings merging and lists and scalars replacing) and repeated
+`-S key.path=value` overrides applied after the overlays, all validated together.
 Before any flow module is imported, the params are validated and the MLflow tracking server
 and the Prefect API (when they are servers) are asked whether they answer (flows/preflight.py):
 a bad key or a server that is down is one line, within a few seconds. `mgpo pipeline` with
@@ -10,7 +12,9 @@ DVC's stages call these commands (see dvc.yaml).
 
     mgpo build-model                 # the tiny Qwen2.5-VL bundle in models/base
     mgpo prepare -S prepare.synthetic.train=64
+    mgpo rl --params params.yaml --params my-overlay.yaml -S rl.max_steps=5
     mgpo infer IMAGE "QUESTION" --options red blue --model models/base
+    mgpo science --params params.yaml --params params/science.yaml   # seeds x (MGPO, direct) sweep
 """
 
 from __future__ import annotations
@@ -28,12 +32,38 @@ STAGES = {
     "evaluate": ("flows.evaluate", "evaluate models x benchmarks x modes; metrics, report, plots"),
     "promote": ("flows.promote", "move the registry's champion alias when the candidate is better"),
     "pipeline": ("flows.pipeline", "run every stage through DVC under one Prefect flow and MLflow run"),
+    "science": (
+        "flows.science",
+        "sweep: SFT -> MGPO RL vs SFT -> single-turn GRPO over seeds, with a summary (not through DVC)",
+    ),
     "infer": ("flows.infer", "run one MGPO episode on one image and show each turn"),
 }
 
 
+DESCRIPTIONS = {
+    "science": (
+        "An experiment sweep outside DVC. For each seed of science.seeds: SFT once (sft.seed and "
+        "rl.seed set to the seed), then RL once per arm of science.modes (rl.mode: mgpo, or direct "
+        "= single-turn GRPO) from that SFT model at the same budget, then each RL model evaluated on "
+        "every evaluate.benchmarks entry in science.eval_modes. Writes science.out_dir/seed_<s>/... and "
+        "summary.json + summary.md: per seed and arm the accuracy with its 95% Wilson interval, "
+        "pooled over seeds (all questions pooled, plus the across-seed mean and std), and MGPO minus "
+        "direct with whether the pooled intervals overlap. One MLflow parent run `science` holds every "
+        "run as a child. A rerun skips runs whose outputs exist with the same params fingerprint. "
+        "The preset: mgpo science --params params.yaml --params params/science.yaml"
+    ),
+}
+
+
 def _common(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--params", default="params.yaml", help="params file (default: params.yaml)")
+    parser.add_argument(
+        "--params",
+        action="append",
+        default=None,
+        metavar="PATH",
+        help="params file (default: params.yaml); repeatable: the first is the base, each later one a "
+        "partial overlay deep-merged on it (mappings merge, lists and scalars replace), then -S",
+    )
     parser.add_argument(
         "-S",
         "--set",
@@ -53,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (_, help_text) in STAGES.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(name, help=help_text, description=DESCRIPTIONS.get(name, help_text))
         _common(p)
+        if name == "science":
+            p.add_argument("--fresh", action="store_true", help="rerun every run, even those already done")
         if name in {"sft", "rl"}:
             p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
         if name == "promote":
@@ -109,8 +141,16 @@ def preflight(args: argparse.Namespace) -> bool:
     return False
 
 
+def params_argument(files: list[str] | None) -> str | list[str]:
+    """What the flows get as `params_path`: the one file as a string (as before overlays), or
+    the list [base, overlay, ...]."""
+    files = list(files or ["params.yaml"])
+    return files[0] if len(files) == 1 else files
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.params = params_argument(args.params)
     module_name, _ = STAGES[args.command]
     from components.config import ParamsError
     from components.tracking import TrackingUnavailable

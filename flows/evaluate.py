@@ -21,7 +21,7 @@ import re
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 _METRIC_CHARS = re.compile(r"[^A-Za-z0-9_\-. /:]")
 
@@ -68,17 +68,15 @@ def summary_lines(metrics: dict) -> list[str]:
     return lines
 
 
-@flow(name="evaluate")
-def evaluate_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, models: list[str] | None = None
-) -> dict:
+def run_evaluate(params, models: list[str] | None = None, tags: dict[str, str] | None = None) -> dict:
+    """The stage's work in one MLflow run (inside a flow): evaluate, log, print; the metrics.
+    `mgpo science` calls it per arm."""
     import mlflow
 
     from components.tracking import stage_run
 
-    params = params_for(params_path, overrides)
     cfg, episode = params.evaluate, params.episode
-    tags = {"mgpo.models": ",".join(models or cfg.models)}
+    tags = {"mgpo.models": ",".join(models or cfg.models), **(tags or {})}
     with stage_run("evaluate", params.tracking, {"evaluate": cfg, "episode": episode}, tags=tags):
         result = evaluate_task(
             cfg, episode, params.paths.eval_dir, models or None, params.model.trust_remote_code
@@ -99,7 +97,16 @@ def evaluate_flow(
     return result.metrics
 
 
-def run(params_path: str, overrides: list[str], model: list[str] | None = None, **_: object) -> int:
+@flow(name="evaluate")
+def evaluate_flow(
+    params_path: ParamsPath = "params.yaml",
+    overrides: list[str] | None = None,
+    models: list[str] | None = None,
+) -> dict:
+    return run_evaluate(params_for(params_path, overrides), models)
+
+
+def run(params_path: ParamsPath, overrides: list[str], model: list[str] | None = None, **_: object) -> int:
     from components.evaluation.session import check_inputs
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts

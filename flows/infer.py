@@ -11,11 +11,11 @@ from __future__ import annotations
 import json
 import sys
 
-from components.config import load_params
+from components.config import ParamsPath, load_params
 
 
 def run(
-    params_path: str,
+    params_path: ParamsPath,
     overrides: list[str],
     *,
     image: str,

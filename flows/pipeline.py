@@ -14,15 +14,17 @@ model version it registered) is tagged with the stage's output hashes from dvc.l
 server hiccup, a killed worker) is retried `pipeline.retries` times; a deterministic one (bad
 params, a bug) fails at once.
 
-Overrides (`-S key=value`) are written into params.yaml before DVC runs, exactly as
-`dvc exp run -S` does, so that dvc.lock records what ran.
+Overlays (`--params params.yaml --params X.yaml`: every file after the base, deep-merged as the
+loader merges them) and then overrides (`-S key=value`, exactly as `dvc exp run -S` writes
+them) are written into params.yaml before DVC runs, so that dvc.lock records what ran
+(flows/uptodate.py's `write_params_file`, shared with the no-op check).
 
 A no-op rerun is cheap: `mgpo pipeline` first asks DVC (its Python API, as `dvc status`)
 whether any stage would run; when none would, it says so, names the report and the champion,
 and exits without importing Prefect or opening an MLflow run (flows/uptodate.py; a few seconds
 instead of 40-65).
 
-Run: `mgpo pipeline [-S rl.max_steps=5]`; scheduled: see prefect.yaml and `python -m flows.serve`.
+Run: `mgpo pipeline [--params params.yaml --params overlay.yaml] [-S rl.max_steps=5]`; scheduled: see prefect.yaml and `python -m flows.serve`.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 # Output of a stage failure that another attempt may not see again.
 TRANSIENT_PATTERNS = (
@@ -187,7 +189,9 @@ def apply_overrides_to_params_file(params_file: Path, overrides: list[str]) -> N
 
 @flow(name="pipeline")
 def pipeline_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, stages: list[str] | None = None
+    params_path: ParamsPath = "params.yaml",
+    overrides: list[str] | None = None,
+    stages: list[str] | None = None,
 ) -> dict:
     """Run `stages` (default: every stage of dvc.yaml) through DVC; returns what each did."""
     import mlflow
@@ -197,17 +201,15 @@ def pipeline_flow(
     from components.tracking import stage_run, tracking_uri
 
     logger = get_run_logger()
-    params = params_for(params_path, overrides)  # validates, and checks the Prefect API
-    root = Path(params_path).resolve().parent
-    if not (root / "dvc.yaml").is_file():
-        raise FileNotFoundError(f"no dvc.yaml beside {params_path}: the pipeline runs DVC's stages")
-    if Path(params_path).name != "params.yaml":
-        from components.config import ParamsError
+    from components.config import ParamsError, params_files
+    from flows.uptodate import params_file_problem, write_params_file
 
-        raise ParamsError(
-            f"{params_path}: DVC's stages read params.yaml; copy a preset over it "
-            f"(cp {params_path} {root / 'params.yaml'}) or pass -S overrides"
-        )
+    params = params_for(params_path, overrides)  # validates, and checks the Prefect API
+    base = params_files(params_path)[0]
+    root = base.resolve().parent
+    problem = params_file_problem(params_path)
+    if problem:
+        raise (FileNotFoundError if problem.startswith("no dvc.yaml") else ParamsError)(problem)
     known = dvc_stages(root)
     unknown = sorted(set(stages or []) - set(known))
     if unknown:
@@ -218,7 +220,7 @@ def pipeline_flow(
     # stage_run checks the tracking server before anything else runs (fails fast, naming it).
     with stage_run("pipeline", params.tracking, {"pipeline": cfg}, {"mgpo.pipeline.stages": ",".join(order)}):
         parent = mlflow.active_run().info.run_id
-        apply_overrides_to_params_file(root / "params.yaml", overrides or [])
+        write_params_file(params_path, overrides or [])  # overlays, then overrides, into params.yaml
         client = MlflowClient()
         api_url = prefect_api_url()
         results = []
@@ -257,7 +259,7 @@ def pipeline_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], status_checked: bool = False, **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], status_checked: bool = False, **_: object) -> int:
     """`status_checked`: the CLI has asked DVC already (and found something stale)."""
     from flows.uptodate import up_to_date
 

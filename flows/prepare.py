@@ -21,7 +21,7 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 
 @task(name="build-synthetic", cache_policy=NO_CACHE)
@@ -73,7 +73,7 @@ def _log_dataset(result) -> None:
 
 
 @flow(name="prepare")
-def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+def prepare_flow(params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None) -> dict:
     import mlflow
 
     from components.data.manifest import SkipThresholdError
@@ -123,7 +123,7 @@ def prepare_flow(params_path: str = "params.yaml", overrides: list[str] | None =
     return summary
 
 
-def run(params_path: str, overrides: list[str], **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], **_: object) -> int:
     import sys
 
     from components.data.loaders import SourceError

@@ -33,7 +33,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 
 def expected_questions(benchmark_path: str, max_samples: int, mode: str) -> int:
@@ -236,7 +236,7 @@ def _decide(params) -> dict:
 
 @flow(name="promote")
 def promote_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, rollback: bool = False
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, rollback: bool = False
 ) -> dict:
     from components.tracking import stage_run
 
@@ -247,7 +247,7 @@ def promote_flow(
         return _rollback(params) if rollback else _decide(params)
 
 
-def run(params_path: str, overrides: list[str], rollback: bool = False, **_: object) -> int:
+def run(params_path: ParamsPath, overrides: list[str], rollback: bool = False, **_: object) -> int:
     import sys
 
     from components.registry import RegistryError

@@ -21,7 +21,7 @@ import time
 
 from prefect import flow
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 # The figures worth a tag on the version; everything else is in the MLflow run.
 TAGGED = ("accuracy", "accuracy_ci_low", "accuracy_ci_high", "n", "valid_box_ratio", "crop_hit_ratio")
@@ -38,7 +38,9 @@ def version_eval_tags(metrics: dict, model: str = "champion") -> dict[str, str]:
 
 
 @flow(name="reevaluate-champion")
-def reevaluate_champion_flow(params_path: str = "params.yaml", overrides: list[str] | None = None) -> dict:
+def reevaluate_champion_flow(
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None
+) -> dict:
     import mlflow
     from mlflow import MlflowClient
 

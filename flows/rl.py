@@ -1,16 +1,18 @@
 """Stage `rl`: MGPO (or the single-turn GRPO baseline) from the SFT model, as a Prefect flow.
 
 `rl.backend: local` runs the local GRPO trainer (components/rl/grpo.py) on CPU or one GPU:
-train records from `rl.train_data`, greedy validation on `rl.val_data`, per-step metrics to
-MLflow, checkpoints under `<paths.checkpoints>/rl` (`--resume` continues from the last one, to
+train records from `rl.train_data`, validation on `rl.val_data` (greedy, and sampled at
+`rl.temperature` with `rl.val_sampled_rollouts` episodes per question), per-step metrics to
+MLflow (validation as `val_<protocol>_<metric>` and `val_sampled_<protocol>_<metric>`), checkpoints under `<paths.checkpoints>/rl` (`--resume` continues from the last one, to
 the same step count), and stops at `rl.max_steps`, or earlier at `rl.time_budget_s` when that
 is set (default 0: no limit, so the step count does not depend on machine load); what stopped
 it is `stopped_by` in metrics.json, the tag `mgpo.rl.stopped_by` and the stage's last line.
 `rl.backend: verl` hands the params to the verl plug-in (components/rl/verl_launch.py: a Ray job on RAY_ADDRESS).
 Either way the model lands in `paths.rl_model` and is registered in MLflow as a new version
-with the alias `candidate`. Outputs under `paths.rl_dir`: metrics.json (validation before and
-after RL, seconds per step, `stopped_by`), steps.csv (per-step figures) and emergence.png
-(valid-box ratio and accuracy vs step).
+with the alias `candidate`. Outputs under `paths.rl_dir`: metrics.json (greedy and sampled
+validation before and after RL, seconds per step, `stopped_by`), val_history.json (every
+validation pass), steps.csv (per-step figures) and emergence.png (valid-box ratio, crop-hit
+ratio and accuracy vs step: training rollouts, greedy and sampled validation).
 Departure from the paper: see components/rl/grpo.py (budget scaled to a tiny model on CPU).
 
 Run: `mgpo rl`, `mgpo rl -S rl.mode=direct`, `mgpo rl --resume` (DVC: `dvc repro rl`).
@@ -26,7 +28,7 @@ from pathlib import Path
 
 from prefect import flow
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +86,8 @@ def local_summary(cfg, state, stopped_by: str) -> dict:
         "seconds_per_step": round(sum(steps) / len(steps), 2) if steps else None,
         "failed_rollouts": int(sum(h.get("failed_rollouts", 0) for h in state.history)),
         "skipped_groups": int(sum(h.get("skipped_groups", 0) for h in state.history)),
+        "val_sampled_rollouts": cfg.val_sampled_rollouts,  # 0: val_sampled_* figures are absent
+        "val_temperature": cfg.temperature,
         "val_before": {k: v for k, v in before.items() if k != "val_seconds"},
         "val_after": {k: v for k, v in after.items() if k != "val_seconds"},
     }
@@ -190,23 +194,22 @@ def _run_local(params, resume: bool) -> dict:
     return summary
 
 
-@flow(name="rl")
-def rl_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False
-) -> dict:
+def run_rl(params, resume: bool = False, register: bool = True, tags: dict[str, str] | None = None) -> dict:
+    """The stage's work in one MLflow run (inside a flow): training, outputs, and (with
+    `register`) the registry version with alias `candidate`. `mgpo science` calls it per arm."""
     from components.tracking import register_model_dir, stage_run
 
-    params = params_for(params_path, overrides)
     cfg = params.rl
-    tags = {"mgpo.rl.mode": cfg.mode, "mgpo.rl.backend": cfg.backend}
+    tags = {"mgpo.rl.mode": cfg.mode, "mgpo.rl.backend": cfg.backend, **(tags or {})}
     sections = {"rl": cfg, "episode": params.episode}
     with stage_run("rl", params.tracking, sections, tags=tags):
         start = time.perf_counter()
         summary = _run_verl(params) if cfg.backend == "verl" else _run_local(params, resume)
         if not (Path(params.paths.rl_model) / "config.json").is_file():
             raise RuntimeError(f"the RL backend left no model in paths.rl_model ({params.paths.rl_model})")
-        version = register_model_dir(params.paths.rl_model, params.tracking, "candidate", tags=tags)
-        summary["registered_version"] = str(version.version)
+        if register:
+            version = register_model_dir(params.paths.rl_model, params.tracking, "candidate", tags=tags)
+            summary["registered_version"] = str(version.version)
         summary["stage_seconds"] = round(time.perf_counter() - start, 1)
     print(f"rl: {json.dumps({k: v for k, v in summary.items() if not k.startswith('val_')})}")
     if "val_before" in summary:
@@ -218,7 +221,14 @@ def rl_flow(
     return summary
 
 
-def run(params_path: str, overrides: list[str], resume: bool = False, **_: object) -> int:
+@flow(name="rl")
+def rl_flow(
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
+) -> dict:
+    return run_rl(params_for(params_path, overrides), resume)
+
+
+def run(params_path: ParamsPath, overrides: list[str], resume: bool = False, **_: object) -> int:
     import sys
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts

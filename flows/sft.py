@@ -28,7 +28,7 @@ from pathlib import Path
 
 from prefect import flow, task
 
-from flows._stage import params_for
+from flows._stage import ParamsPath, params_for
 
 TRAJECTORIES = "train.parquet"
 
@@ -148,17 +148,15 @@ def _run_verl(params, data_path: Path) -> dict:
     return dict(run_verl_sft(params, data_path) or {})
 
 
-@flow(name="sft")
-def sft_flow(
-    params_path: str = "params.yaml", overrides: list[str] | None = None, resume: bool = False
-) -> dict:
+def run_sft(params, resume: bool = False, register: bool = True, tags: dict[str, str] | None = None) -> dict:
+    """The stage's work in one MLflow run (inside a flow): trajectories, training, outputs, and
+    (with `register`) the registry version with alias `sft`. `mgpo science` calls it per seed."""
     import mlflow
 
     from components.tracking import register_model_dir, stage_run
 
-    params = params_for(params_path, overrides)
     cfg, paths = params.sft, params.paths
-    tags = {"mgpo.sft.backend": cfg.backend}
+    tags = {"mgpo.sft.backend": cfg.backend, **(tags or {})}
     with stage_run("sft", params.tracking, {"sft": cfg, "episode": params.episode}, tags=tags):
         start = time.perf_counter()
         sft_dir = Path(paths.sft_dir)
@@ -191,13 +189,21 @@ def sft_flow(
         for name in ("metrics.json", "trajectories.json", "steps.csv", "loss.png"):
             if (sft_dir / name).is_file():
                 mlflow.log_artifact(str(sft_dir / name), artifact_path="sft")
-        version = register_model_dir(paths.sft_model, params.tracking, "sft", tags=tags)
-        summary["registered_version"] = str(version.version)
+        if register:
+            version = register_model_dir(paths.sft_model, params.tracking, "sft", tags=tags)
+            summary["registered_version"] = str(version.version)
     print(f"sft: {json.dumps(summary)}")
     return summary
 
 
-def run(params_path: str, overrides: list[str], resume: bool = False, **_: object) -> int:
+@flow(name="sft")
+def sft_flow(
+    params_path: ParamsPath = "params.yaml", overrides: list[str] | None = None, resume: bool = False
+) -> dict:
+    return run_sft(params_for(params_path, overrides), resume)
+
+
+def run(params_path: ParamsPath, overrides: list[str], resume: bool = False, **_: object) -> int:
     import sys
 
     params = params_for(params_path, overrides)  # invalid params fail here, before Prefect starts

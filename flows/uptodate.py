@@ -3,7 +3,9 @@
 A rerun with nothing to do used to take 40-65 s (Python, Prefect's temporary API, a parent
 MLflow run) while `dvc repro` took 4 s. The CLI asks DVC first, through its Python API (what
 `dvc status` reports); when every stage is up to date it prints that, the evaluation report and
-the champion, and exits before Prefect is imported. Anything stale, or a DVC that cannot tell,
+the champion, and exits before Prefect is imported. Overlay files (`--params params.yaml
+--params X.yaml`) and `-S` overrides are written into params.yaml before DVC is asked
+(`write_params_file`), as the flow writes them. Anything stale, or a DVC that cannot tell,
 runs the pipeline flow as before.
 
 The champion is read the cheap way, without importing mlflow (about 3 s): the registry's REST
@@ -19,7 +21,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from components.config import Params
+from components.config import Params, ParamsPath, merge_into, params_files, read_params_file
 from components.tracking import tracking_uri
 
 
@@ -83,19 +85,54 @@ def summary(params: Params, root: Path) -> list[str]:
     return lines
 
 
-def up_to_date(params_path: str, overrides: list[str], params: Params) -> list[str] | None:
-    """The lines to print when the pipeline has nothing to run, else None (run the flow).
+def params_file_problem(params_path: ParamsPath) -> str | None:
+    """Why the pipeline cannot run on these params files (None: it can). DVC's stages read
+    params.yaml beside dvc.yaml, so the base file must be that one; overlays may be anywhere."""
+    base = params_files(params_path)[0]
+    root = base.resolve().parent
+    if not (root / "dvc.yaml").is_file():
+        return f"no dvc.yaml beside {base}: the pipeline runs DVC's stages"
+    if base.name != "params.yaml":
+        return (
+            f"{base}: DVC's stages read params.yaml; pass it as an overlay on params.yaml "
+            f"(--params {root / 'params.yaml'} --params {base}), copy it over params.yaml, or pass -S overrides"
+        )
+    return None
 
-    Overrides are written into params.yaml first, as the flow would (it writes the same again),
-    so that DVC compares against what the run would use.
+
+def write_params_file(params_path: ParamsPath, overrides: list[str]) -> Path:
+    """Write the overlays (every params file after the base), then the -S overrides, into the
+    base params.yaml: DVC's stages read only that file, and dvc.lock then records what ran.
+
+    The overlays are deep-merged as the loader merges them (components.config.merge_into) into
+    DVC's own round-trip YAML, so comments stay; the overrides go through DVC's
+    `apply_overrides`, exactly as `dvc exp run -S` writes them. Writing twice changes nothing.
     """
-    root = Path(params_path).resolve().parent
-    if Path(params_path).name != "params.yaml" or not (root / "dvc.yaml").is_file():
-        return None  # the flow refuses these with the reason
+    files = params_files(params_path)
+    params_file = files[0]
+    if len(files) > 1:
+        from dvc.utils.serialize import modify_yaml
+
+        with modify_yaml(params_file) as data:
+            for overlay in files[1:]:
+                merge_into(data, read_params_file(overlay))
     if overrides:
         from dvc.utils.hydra import apply_overrides
 
-        apply_overrides(str(root / "params.yaml"), list(overrides))
+        apply_overrides(str(params_file), list(overrides))
+    return params_file
+
+
+def up_to_date(params_path: ParamsPath, overrides: list[str], params: Params) -> list[str] | None:
+    """The lines to print when the pipeline has nothing to run, else None (run the flow).
+
+    Overlays and overrides are written into params.yaml first, as the flow would (it writes the
+    same again), so that DVC compares against what the run would use.
+    """
+    if params_file_problem(params_path):
+        return None  # the flow refuses these with the reason
+    root = params_files(params_path)[0].resolve().parent
+    write_params_file(params_path, overrides)
     if stale_stages(root) != []:
         return None
     return summary(params, root)

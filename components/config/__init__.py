@@ -1,7 +1,7 @@
 """Typed parameters: the one loader for `params.yaml`.
 
-`load_params(path, overrides)` reads the YAML, applies `key.path=value` overrides and
-validates everything with pydantic. Unknown keys, wrong types and impossible values raise
+`load_params(path, overrides)` reads the YAML (one file, or a base file and partial overlays
+deep-merged on it), applies `key.path=value` overrides and validates everything with pydantic. Unknown keys, wrong types and impossible values raise
 `ParamsError` naming the key path and the reason, e.g.
 `rl.rollouts_per_prompt: rollouts per prompt must be >= 2 for GRPO`.
 Stage code receives only its own section (plus the shared `paths`, `tracking`, `episode`).
@@ -10,10 +10,15 @@ Stage code receives only its own section (plus the shared `paths`, `tracking`, `
 from components.config.base import ParamsError, Section
 from components.config.loader import (
     Params,
+    ParamsPath,
     apply_overrides,
     format_errors,
     load_params,
+    load_params_data,
+    merge_into,
+    params_files,
     parse_override,
+    read_params_file,
     validate_params,
 )
 from components.config.sections import (
@@ -29,7 +34,7 @@ from components.config.sections import (
     Tracking,
     VisionConfig,
 )
-from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig
+from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig, ScienceConfig
 from components.config.training import RLConfig, RLVerl, SFTConfig, SFTVerl
 
 __all__ = [
@@ -39,6 +44,7 @@ __all__ = [
     "ModelConfig",
     "Params",
     "ParamsError",
+    "ParamsPath",
     "Paths",
     "PipelineConfig",
     "PrepareConfig",
@@ -48,6 +54,7 @@ __all__ = [
     "SFTConfig",
     "SFTVerl",
     "ScaleSweep",
+    "ScienceConfig",
     "Section",
     "Split4K",
     "SyntheticConfig",
@@ -57,6 +64,10 @@ __all__ = [
     "apply_overrides",
     "format_errors",
     "load_params",
+    "load_params_data",
+    "merge_into",
+    "params_files",
     "parse_override",
+    "read_params_file",
     "validate_params",
 ]

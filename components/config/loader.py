@@ -1,17 +1,26 @@
-"""The whole params file: `Params`, overrides and the one loader."""
+"""The whole params file: `Params`, overlays, overrides and the one loader.
+
+A params source is one file (`params.yaml`) or a list of files: the first is the base and each
+later one a partial overlay deep-merged on it (`merge_into`: mappings merge, so an overlay
+cannot remove a key; lists and scalars replace). `-S key.path=value` overrides come last. The
+result is validated once; an error names the key and, when an overlay or an override set it,
+where it came from.
+"""
 
 from __future__ import annotations
 
+import copy
 import re
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import yaml
 from pydantic import ValidationError, model_validator
 
 from components.config.base import ParamsError, Section
 from components.config.sections import EpisodeConfig, ModelConfig, Paths, PrepareConfig, Tracking
-from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig
+from components.config.stages import EvaluateConfig, PipelineConfig, PromoteConfig, ScienceConfig
 from components.config.training import RLConfig, SFTConfig
 
 
@@ -26,6 +35,7 @@ class Params(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     promote: PromoteConfig = PromoteConfig()
     pipeline: PipelineConfig = PipelineConfig()
+    science: ScienceConfig = ScienceConfig()
 
     @model_validator(mode="after")
     def _cross(self) -> Params:
@@ -67,10 +77,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     return keys, value
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Return a copy of `data` with each `key.path=value` set; the key must already exist."""
-    import copy
+def apply_overrides(data: dict, overrides: list[str], origin: dict[tuple, str] | None = None) -> dict:
+    """Return a copy of `data` with each `key.path=value` set; the key must already exist.
 
+    `origin` (key path -> where it was set), when given, records each override."""
     out = copy.deepcopy(data)
     for text in overrides:
         keys, value = parse_override(text)
@@ -82,6 +92,8 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         if keys[-1] not in node and not _is_free_mapping(keys):
             raise ParamsError(f"override {text!r}: unknown key {'.'.join(keys)}")
         node[keys[-1]] = value
+        if origin is not None:
+            origin[tuple(keys)] = f"-S {text}"
     return out
 
 
@@ -90,26 +102,47 @@ def _is_free_mapping(keys: list[str]) -> bool:
     return len(keys) == 3 and keys[0] == "evaluate" and keys[1] in {"models", "benchmarks"}
 
 
-def format_errors(exc: ValidationError, source: str) -> str:
+def _origin_of(loc: tuple, origin: dict[tuple, str]) -> str | None:
+    """Where the longest set prefix of `loc` came from (an overlay file or an override)."""
+    for end in range(len(loc), 0, -1):
+        if loc[:end] in origin:
+            return origin[loc[:end]]
+    return None
+
+
+def format_errors(exc: ValidationError, source: str, origin: dict[tuple, str] | None = None) -> str:
     lines = [f"invalid params in {source}:"]
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
-        lines.append(f"  {loc}: {msg}")
+        where = _origin_of(tuple(str(p) for p in err["loc"]), origin or {})
+        lines.append(f"  {loc}: {msg}" + (f" (set in {where})" if where else ""))
     return "\n".join(lines)
 
 
-def validate_params(data: dict, source: str = "params") -> Params:
+def validate_params(data: dict, source: str = "params", origin: dict[tuple, str] | None = None) -> Params:
     try:
         return Params.model_validate(data or {})
     except ValidationError as exc:
-        raise ParamsError(format_errors(exc, source)) from None
+        raise ParamsError(format_errors(exc, source, origin)) from None
 
 
-def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = None) -> Params:
-    """Read, override and validate a params file."""
+ParamsPath: TypeAlias = str | list[str]
+"""One params file, or the base file followed by its overlays (what `--params` passes on)."""
+
+
+def params_files(path: str | Path | Sequence[str | Path]) -> list[Path]:
+    """The files of a params source: [base, overlay, ...] (one file: [that file])."""
+    files = [Path(path)] if isinstance(path, str | Path) else [Path(p) for p in path]
+    if not files:
+        raise ParamsError("no params file given")
+    return files
+
+
+def read_params_file(path: str | Path) -> dict:
+    """One params file's mapping; missing, invalid YAML or a non-mapping top level name the file."""
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"params file {path} not found")
@@ -119,4 +152,49 @@ def load_params(path: str | Path = "params.yaml", overrides: list[str] | None = 
         raise ParamsError(f"params file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ParamsError(f"params file {path}: top level must be a mapping")
-    return validate_params(apply_overrides(data, overrides or []), str(path))
+    return data
+
+
+def merge_into(
+    base: MutableMapping,
+    overlay: dict,
+    origin: dict[tuple, str] | None = None,
+    source: str = "",
+    prefix: tuple = (),
+) -> MutableMapping:
+    """Deep-merge `overlay` into `base` in place: mappings merge, lists and scalars replace.
+
+    Works on plain dicts and on ruamel's round-trip maps (so a merge into params.yaml keeps its
+    comments). `origin` records `source` for every key path the overlay sets or replaces (not
+    for the mappings it merges into, so an error elsewhere in a section is not blamed on it).
+    """
+    for key, value in overlay.items():
+        path = (*prefix, str(key))
+        if isinstance(value, dict) and isinstance(base.get(key), MutableMapping):
+            merge_into(base[key], value, origin, source, path)
+            continue
+        base[key] = copy.deepcopy(value)
+        if origin is not None:
+            origin[path] = source
+    return base
+
+
+def load_params_data(
+    path: str | Path | Sequence[str | Path], overrides: list[str] | None = None
+) -> tuple[dict, str, dict[tuple, str]]:
+    """(merged data, a name for the source, key path -> the overlay or override that set it)."""
+    files = params_files(path)
+    data = read_params_file(files[0])
+    origin: dict[tuple, str] = {}
+    for overlay in files[1:]:
+        merge_into(data, read_params_file(overlay), origin, str(overlay))
+    data = apply_overrides(data, overrides or [], origin)
+    return data, " + ".join(str(f) for f in files), origin
+
+
+def load_params(
+    path: str | Path | Sequence[str | Path] = "params.yaml", overrides: list[str] | None = None
+) -> Params:
+    """Read a params file (or a base file and its overlays), apply overrides, validate."""
+    data, source, origin = load_params_data(path, overrides)
+    return validate_params(data, source, origin)

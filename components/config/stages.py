@@ -1,4 +1,4 @@
-"""The `evaluate`, `promote` and `pipeline` sections."""
+"""The `evaluate`, `promote`, `pipeline` and `science` sections."""
 
 from __future__ import annotations
 
@@ -72,3 +72,22 @@ class PipelineConfig(Section):
     """Seconds between those retries."""
     stage_timeout_s: float = Field(0, ge=0)
     """Stop a stage that runs longer than this (0: no limit)."""
+
+
+class ScienceConfig(Section):
+    seeds: list[int] = Field([0, 1, 2], min_length=1)
+    """Seeds of the sweep: each sets sft.seed and rl.seed of its runs (evaluation stays paired)."""
+    modes: list[Literal["mgpo", "direct"]] = Field(["mgpo", "direct"], min_length=1)
+    """RL arms trained from each seed's SFT model (rl.mode), at the same budget."""
+    eval_modes: list[Literal["direct", "mgpo", "oracle"]] = Field(["mgpo", "direct"], min_length=1)
+    """Evaluation protocols each arm's model is scored in, on every evaluate.benchmarks entry."""
+    out_dir: str = "results/science"
+    """Where each seed's SFT model, each arm's RL model and evaluation, and summary.json/.md land."""
+
+    @model_validator(mode="after")
+    def _unique(self) -> ScienceConfig:
+        for name in ("seeds", "modes", "eval_modes"):
+            values = getattr(self, name)
+            if len(set(values)) != len(values):
+                raise ValueError(f"{name} must not repeat an entry: {values}")
+        return self

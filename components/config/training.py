@@ -149,9 +149,11 @@ class RLConfig(Section):
     checkpoint_every: int = Field(5, ge=1)
     """Steps between checkpoints."""
     val_every: int = Field(10, ge=1)
-    """Steps between greedy validation passes."""
+    """Steps between validation passes (greedy and sampled)."""
     val_samples: int = Field(32, ge=1)
     """Val questions per validation pass."""
+    val_sampled_rollouts: int = Field(2, ge=0)
+    """Episodes per val question of the sampled validation pass at `temperature` (0: greedy only)."""
     rollout_batch_size: int = Field(32, ge=1)
     """Episodes generated together by the local engine."""
     torch_threads: int = Field(1, ge=0)

@@ -1,8 +1,11 @@
 """RL stage outputs: the grounding-emergence plot and the per-step table.
 
-`plot_emergence` draws, against the step, the valid-box ratio and the accuracy of the training
-rollouts (sampled, thin lines) and of the greedy validation passes (markers): the paper's
-Figure 3 (valid boxes rising with RL while the reward is answer correctness only).
+`plot_emergence` draws, against the step, the valid-box ratio, the crop-hit ratio and the
+accuracy of the training rollouts (sampled, thin line) and of the validation passes: greedy
+(solid lines, filled markers) and sampled at the rollout temperature (dashed lines, hollow
+markers), for each protocol validated. The paper's Figure 3 (valid boxes rising with RL while
+the reward is answer correctness only), with crop-hit beside it (a valid box is not yet a box
+on the target).
 """
 
 from __future__ import annotations
@@ -46,8 +49,43 @@ def _fmt(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+PANELS = (
+    ("valid_box_ratio", "valid-box ratio"),
+    ("crop_hit_ratio", "crop-hit ratio"),
+    ("accuracy", "accuracy"),
+)
+# Validation passes: (key prefix, label, line style, filled markers).
+VAL_PASSES = (("val", "greedy", "-", True), ("val_sampled", "sampled", "--", False))
+
+
+def validation_lines(val_history: Sequence[dict], key: str) -> list[dict]:
+    """The validation lines of one panel: label, steps, values and style, per protocol and pass."""
+    lines = []
+    for protocol, marker, colour in (("mgpo", "o", "C0"), ("direct", "s", "C1")):
+        for prefix, how, style, filled in VAL_PASSES:
+            vkey = f"{prefix}_{protocol}_{key}"
+            points = [(v["step"], v[vkey]) for v in val_history if vkey in v]
+            if points:
+                xs, ys = zip(*points, strict=True)
+                lines.append(
+                    {
+                        "label": f"validation, {protocol} protocol ({how})",
+                        "steps": list(xs),
+                        "values": list(ys),
+                        "style": {
+                            "marker": marker,
+                            "ls": style,
+                            "color": colour,
+                            "markerfacecolor": colour if filled else "white",
+                        },
+                    }
+                )
+    return lines
+
+
 def plot_emergence(history: Sequence[dict], val_history: Sequence[dict], mode: str, out: str | Path) -> Path:
-    """PNG of valid-box ratio and accuracy vs step (training rollouts and validation)."""
+    """PNG of valid-box ratio, crop-hit ratio and accuracy vs step (training rollouts, and
+    greedy and sampled validation)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,9 +93,8 @@ def plot_emergence(history: Sequence[dict], val_history: Sequence[dict], mode: s
 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
-    panels = (("valid_box_ratio", "valid-box ratio"), ("accuracy", "accuracy"))
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    fig, axes = plt.subplots(1, len(PANELS), figsize=(14, 3.9), sharex=True)
+    for ax, (key, title) in zip(axes, PANELS, strict=True):
         steps = [h["step"] for h in history if key in h]
         if steps:
             ax.plot(
@@ -65,14 +102,11 @@ def plot_emergence(history: Sequence[dict], val_history: Sequence[dict], mode: s
                 [h[key] for h in history if key in h],
                 lw=1,
                 alpha=0.6,
-                label=f"train rollouts ({mode})",
+                color="0.45",
+                label=f"train rollouts ({mode}, sampled)",
             )
-        for protocol, marker in (("mgpo", "o"), ("direct", "s")):
-            vkey = f"val_{protocol}_{key}"
-            points = [(v["step"], v[vkey]) for v in val_history if vkey in v]
-            if points:
-                xs, ys = zip(*points, strict=True)
-                ax.plot(xs, ys, marker=marker, lw=1.5, label=f"validation, {protocol} protocol (greedy)")
+        for line in validation_lines(val_history, key):
+            ax.plot(line["steps"], line["values"], lw=1.5, label=line["label"], **line["style"])
         ax.set_title(title)
         ax.set_xlabel("RL step")
         ax.set_ylim(-0.02, 1.02)

@@ -145,3 +145,73 @@ def test_sections_are_frozen():
     params = load_params(ROOT / "params.yaml")
     with pytest.raises(Exception, match="frozen"):
         params.rl.lr = 1.0
+
+
+# --- overlays: --params BASE --params OVERLAY ... ----------------------------------------------
+
+
+def _yaml(path: Path, data) -> Path:
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_one_file_loads_as_before_and_as_a_list_of_one():
+    assert load_params([ROOT / "params.yaml"]) == load_params(ROOT / "params.yaml") == load_params()
+
+
+def test_overlays_deep_merge_then_overrides_apply(tmp_path):
+    base = load_params(ROOT / "params.yaml")
+    first = _yaml(
+        tmp_path / "a.yaml",
+        {
+            "rl": {"max_steps": 3, "mode": "direct"},
+            "model": {"text": {"mrope_section": [16, 8, 8]}},  # a list replaces
+            "evaluate": {"benchmarks": {"extra": "x.parquet"}},  # a mapping merges
+        },
+    )
+    second = _yaml(tmp_path / "b.yaml", {"rl": {"max_steps": 7}})
+    params = load_params([ROOT / "params.yaml", first, second], ["rl.lr=0.5"])
+    assert (params.rl.max_steps, params.rl.mode, params.rl.lr) == (7, "direct", 0.5)  # later wins
+    assert params.rl.rollouts_per_prompt == base.rl.rollouts_per_prompt  # untouched keys stay
+    assert params.model.text.mrope_section == [16, 8, 8]
+    assert params.model.text.hidden_size == base.model.text.hidden_size
+    assert params.evaluate.benchmarks == {**base.evaluate.benchmarks, "extra": "x.parquet"}
+    # -S comes after every overlay
+    assert load_params([ROOT / "params.yaml", second], ["rl.max_steps=9"]).rl.max_steps == 9
+
+
+def test_merge_into_replaces_lists_and_scalars_and_merges_mappings():
+    from components.config import merge_into
+
+    base = {"a": {"x": 1, "y": [1, 2]}, "b": 2, "c": {"z": 1}}
+    origin: dict = {}
+    merge_into(base, {"a": {"y": [3]}, "b": {"new": 1}, "c": 5}, origin, "o.yaml")
+    assert base == {"a": {"x": 1, "y": [3]}, "b": {"new": 1}, "c": 5}
+    assert origin == {("a", "y"): "o.yaml", ("b",): "o.yaml", ("c",): "o.yaml"}
+
+
+def test_overlay_errors_name_the_file_and_the_key(tmp_path):
+    bogus = _yaml(tmp_path / "bogus.yaml", {"rl": {"bogus": 1}})
+    with pytest.raises(ParamsError, match=rf"rl\.bogus: unknown key \(set in {bogus}\)") as exc:
+        load_params([ROOT / "params.yaml", bogus])
+    assert f"params.yaml + {bogus}" in str(exc.value)  # the whole source in the first line
+    typed = _yaml(tmp_path / "typed.yaml", {"sft": {"max_steps": "many"}})
+    with pytest.raises(ParamsError, match=rf"sft\.max_steps: .*integer.* \(set in {typed}\)"):
+        load_params([ROOT / "params.yaml", typed])
+    with pytest.raises(
+        ParamsError, match=r"rl\.rollouts_per_prompt: .* \(set in -S rl\.rollouts_per_prompt=1\)"
+    ):
+        load_params([ROOT / "params.yaml", typed], ["rl.rollouts_per_prompt=1", "sft.max_steps=2"])
+    with pytest.raises(ParamsError, match=rf"params file {tmp_path / 'none.yaml'} not found"):
+        load_params([ROOT / "params.yaml", tmp_path / "none.yaml"])
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- a\n")
+    with pytest.raises(ParamsError, match=rf"params file {listed}: top level must be a mapping"):
+        load_params([ROOT / "params.yaml", listed])
+    # an error in the base file itself has no origin note, as before overlays
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    raw["rl"]["zzz"] = 1
+    base = _yaml(tmp_path / "params.yaml", raw)
+    with pytest.raises(ParamsError) as exc:
+        load_params([base, _yaml(tmp_path / "ok.yaml", {"rl": {"max_steps": 2}})])
+    assert "  rl.zzz: unknown key" in str(exc.value).splitlines()

@@ -164,3 +164,51 @@ def test_mgpo_pipeline_with_mlflow_down_fails_in_seconds(toy_repo):
     assert f"MLflow tracking server {DOWN} is unreachable" in proc.stderr
     assert seconds < 5, f"took {seconds:.1f} s"
     assert not (toy_repo / "out").exists()
+
+
+# --- repeatable --params (overlays) ------------------------------------------------------------
+
+
+def _capture_run(monkeypatch) -> dict:
+    """Replace the flow module the CLI imports by one that records what `run` receives."""
+    import types
+
+    import flows.cli as cli
+
+    seen: dict = {}
+
+    def run(params_path, overrides, **options):
+        seen.update(params_path=params_path, overrides=overrides)
+        return 0
+
+    monkeypatch.setattr(cli.importlib, "import_module", lambda name: types.SimpleNamespace(run=run))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    return seen
+
+
+def test_one_params_file_is_passed_on_as_before(monkeypatch):
+    seen = _capture_run(monkeypatch)
+    assert main(["build-model", "-S", "rl.max_steps=3"]) == 0
+    assert seen == {"params_path": "params.yaml", "overrides": ["rl.max_steps=3"]}
+    assert main(["build-model", "--params", str(ROOT / "params.yaml")]) == 0
+    assert seen["params_path"] == str(ROOT / "params.yaml")
+
+
+def test_repeated_params_pass_the_base_and_its_overlays_on(monkeypatch, tmp_path):
+    seen = _capture_run(monkeypatch)
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("rl:\n  max_steps: 4\n")
+    assert main(["rl", "--params", str(ROOT / "params.yaml"), "--params", str(overlay)]) == 0
+    assert seen["params_path"] == [str(ROOT / "params.yaml"), str(overlay)]
+    from components.config import load_params
+
+    assert load_params(seen["params_path"], seen["overrides"]).rl.max_steps == 4
+
+
+def test_a_bad_overlay_key_is_one_line_naming_the_file(capsys, tmp_path):
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("rl:\n  max_stepz: 4\n")
+    assert main(["rl", "--params", str(ROOT / "params.yaml"), "--params", str(overlay)]) == 2
+    err = capsys.readouterr().err
+    assert f"rl.max_stepz: unknown key (set in {overlay})" in err

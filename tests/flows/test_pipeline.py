@@ -234,3 +234,41 @@ def test_an_up_to_date_pipeline_exits_in_seconds_without_a_flow(toy_repo, monkey
     (toy_repo / "b_input.txt").write_text("first")
     calls.clear()
     assert pipeline.run(str(toy_repo / "params.yaml"), []) == 0 and calls == []
+
+
+TOY_REST = """rl:
+  lr: 0.1
+evaluate:
+  models: {sft: models/sft, rl: models/rl}
+  benchmarks: {synthetic_test: data/processed/synthetic/test.parquet}
+pipeline:
+  retry_delay_s: 0
+"""
+
+
+def test_overlays_and_overrides_are_written_into_params_yaml(toy_repo, tmp_path):
+    """DVC's stages read only params.yaml: `mgpo pipeline --params params.yaml --params X -S k=v`
+    writes X (deep-merged, as the loader merges it) and then the overrides into it, keeps its
+    comments, and writing again changes nothing; a base that is not params.yaml is refused."""
+    from components.config import load_params
+    from flows.uptodate import params_file_problem, up_to_date, write_params_file
+
+    params_yaml = toy_repo / "params.yaml"
+    params_yaml.write_text("# toy params\nprepare:\n  seed: 0      # generator seed\n" + TOY_REST)
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text("prepare:\n  seed: 5\nrl:\n  max_steps: 3\nevaluate:\n  modes: [mgpo]\n")
+    files = [str(params_yaml), str(overlay)]
+    expected = load_params(files, ["rl.lr=0.5"])
+
+    assert up_to_date(files, ["rl.lr=0.5"], expected) is None  # stale: DVC has never run a
+    text = params_yaml.read_text()
+    assert "# toy params" in text and "# generator seed" in text
+    assert load_params(params_yaml) == expected  # params.yaml alone now holds what the run uses
+    write_params_file(files, ["rl.lr=0.5"])
+    assert params_yaml.read_text() == text
+
+    assert params_file_problem([str(overlay)]).startswith("no dvc.yaml beside")
+    other = toy_repo / "preset.yaml"
+    other.write_text("rl:\n  max_steps: 2\n")
+    problem = params_file_problem([str(other), str(overlay)])
+    assert "DVC's stages read params.yaml" in problem and f"--params {other}" in problem

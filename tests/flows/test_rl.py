@@ -64,6 +64,7 @@ def test_the_step_limit_decides_by_default_and_a_clock_stop_says_so():
 
     budget = cfg.model_copy(update={"time_budget_s": 60.0})
     summary = local_summary(budget, state, "time_budget")
+    assert summary["val_sampled_rollouts"] == cfg.val_sampled_rollouts == 2  # sampled validation is on
     assert summary["stopped_by"] == "time_budget" and (summary["steps"], summary["max_steps"]) == (7, 20)
     line = stop_line(summary)
     assert line.startswith("rl: stopped by the time budget after 7/20 steps (rl.time_budget_s=60)")
@@ -157,6 +158,11 @@ def test_dvc_repro_rl_then_kill_and_resume(repo_copy, run):
     assert metrics["steps"] == 2 and metrics["mode"] == "mgpo" and metrics["stopped_by"] == "max_steps"
     assert metrics["val_before"]["step"] == 0 and metrics["val_after"]["step"] == 2
     assert "val_mgpo_valid_box_ratio" in metrics["val_after"] and metrics["seconds_per_step"] > 0
+    for when in ("val_before", "val_after"):  # greedy and sampled, at the start and the end
+        assert {"val_mgpo_accuracy", "val_sampled_mgpo_accuracy", "val_sampled_mgpo_crop_hit_ratio"} <= set(
+            metrics[when]
+        ), when
+    assert metrics["val_sampled_rollouts"] == 2 and metrics["val_temperature"] == 1.0
     assert (repo / "results/rl/emergence.png").stat().st_size > 5000
     assert len((repo / "results/rl/steps.csv").read_text().splitlines()) == 3
     assert (repo / "models/rl/config.json").is_file()
@@ -175,7 +181,8 @@ def test_dvc_repro_rl_then_kill_and_resume(repo_copy, run):
         "seconds_per_step",
     ):
         assert [m.step for m in client.get_metric_history(mrun.info.run_id, key)] == [1, 2], key
-    assert [m.step for m in client.get_metric_history(mrun.info.run_id, "val_mgpo_accuracy")] == [0, 2]
+    for key in ("val_mgpo_accuracy", "val_sampled_mgpo_accuracy", "val_sampled_mgpo_valid_box_ratio"):
+        assert [m.step for m in client.get_metric_history(mrun.info.run_id, key)] == [0, 2], key
     assert {"rl/emergence.png", "rl/metrics.json", "rl/steps.csv"} <= {
         a.path for a in client.list_artifacts(mrun.info.run_id, "rl")
     }

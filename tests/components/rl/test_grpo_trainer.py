@@ -234,6 +234,59 @@ def test_direct_mode_validates_both_protocols(tiny_bundle, records, tmp_path):
     figures = tr.validate()
     assert "val_direct_accuracy" in figures and "val_mgpo_valid_box_ratio" in figures
     assert "val_direct_valid_box_ratio" not in figures
+    assert "val_sampled_direct_accuracy" in figures and "val_sampled_mgpo_valid_box_ratio" in figures
+
+
+def test_validation_is_greedy_and_sampled_and_a_rerun_is_identical(
+    tiny_bundle, records, tmp_path, monkeypatch
+):
+    """Greedy (one episode a question) beside sampled at the rollout temperature
+    (`val_sampled_rollouts` a question, the mean over all); seeded, so a rerun gives the same."""
+    import components.rl.grpo as grpo
+    from components.rl.curves import plot_emergence, validation_lines
+
+    calls = []
+    real = grpo.run_groups
+
+    def spy(engine, recs, group_size, make_episode, params, batch_size):
+        out = real(engine, recs, group_size, make_episode, params, batch_size)
+        calls.append((group_size, params.temperature, params.seed, len(out[0])))
+        return out
+
+    monkeypatch.setattr(grpo, "run_groups", spy)
+    tr = trainer_for(tiny_bundle, records, tmp_path, "rl.val_sampled_rollouts=3", "rl.temperature=0.9")
+    figures = tr.validate()
+    greedy, sampled = calls
+    assert greedy[:2] == (1, 0.0) and greedy[3] == 2  # 2 val questions, one greedy episode each
+    assert sampled[:2] == (3, 0.9) and sampled[3] == 6  # 3 sampled episodes each
+    for metric in ("accuracy", "valid_box_ratio", "crop_hit_ratio", "reward_mean", "failed"):
+        assert f"val_mgpo_{metric}" in figures and f"val_sampled_mgpo_{metric}" in figures, metric
+    assert 0 <= figures["val_sampled_mgpo_valid_box_ratio"] <= 1
+
+    again = tr.validate()  # same model, same seed: the same episodes
+    assert calls[2:] == calls[:2]
+    assert {k: v for k, v in again.items() if k != "val_seconds"} == {
+        k: v for k, v in figures.items() if k != "val_seconds"
+    }
+    rerun = trainer_for(tiny_bundle, records, tmp_path, "rl.val_sampled_rollouts=3", "rl.temperature=0.9")
+    assert {k: v for k, v in rerun.validate().items() if k != "val_seconds"} == {
+        k: v for k, v in figures.items() if k != "val_seconds"
+    }
+
+    # The emergence plot keeps the passes apart: greedy solid and filled, sampled dashed and hollow.
+    history = [{"step": 0, **figures}, {"step": 2, **again}]
+    for key in ("valid_box_ratio", "crop_hit_ratio", "accuracy"):
+        lines = {line["label"]: line for line in validation_lines(history, key)}
+        assert set(lines) == {"validation, mgpo protocol (greedy)", "validation, mgpo protocol (sampled)"}
+        assert lines["validation, mgpo protocol (greedy)"]["style"]["ls"] == "-"
+        assert lines["validation, mgpo protocol (sampled)"]["style"]["ls"] == "--"
+        assert lines["validation, mgpo protocol (sampled)"]["steps"] == [0, 2]
+    assert plot_emergence([], history, "mgpo", tmp_path / "emergence.png").stat().st_size > 5000
+
+    calls.clear()
+    off = trainer_for(tiny_bundle, records, tmp_path, "rl.val_sampled_rollouts=0")
+    figures = off.validate()
+    assert len(calls) == 1 and not any(k.startswith("val_sampled_") for k in figures)
 
 
 def test_step_records_cover_each_epoch_once_and_depend_only_on_the_step(records):
