@@ -246,6 +246,18 @@ def place(rng: np.random.Generator, w: int, h: int, side: int, taken: list, gap:
     raise RuntimeError(f"cannot place a {side}px object in a {w}x{h} image beside {len(taken)} others")
 
 
+def place_shrinking(rng: np.random.Generator, w: int, h: int, side: int, taken: list, gap: int) -> tuple:
+    """`place`, with the side shrunk by 15% after each failure (large decoys beside a large
+    target do not always fit); raises when even an 8-px object does not fit."""
+    while True:
+        try:
+            return place(rng, w, h, side, taken, gap)
+        except RuntimeError:
+            if side <= 8:
+                raise
+            side = max(8, int(side * 0.85))
+
+
 def encode_jpeg(pixels: np.ndarray, quality: int) -> bytes:
     buf = io.BytesIO()
     # Explicit settings (no optimize, no metadata): same bytes each run. 4:4:4 chroma: with 4:2:0
@@ -301,7 +313,7 @@ def make_sample(cfg: SyntheticConfig, seed: int, spec: SplitSpec, index: int, so
             # Decoys carry a wrong option's pattern: cropping the wrong object gives a wrong answer.
             pattern = wrong[j % len(wrong)]
             decoy_side = max(8, round(float(rng.uniform(*cfg.target_size)) * short))
-            box = place(rng, w, h, decoy_side, [o.box for o in objects], gap)
+            box = place_shrinking(rng, w, h, decoy_side, [o.box for o in objects], gap)
             objects.append(NamedObject(colour, shape, box, pattern))
         question = f"What two colours make up the checkered pattern inside the {target.name}?"
         boxes = [list(target.box)]
