@@ -166,3 +166,36 @@ def test_every_split_reads_back(tmp_path):
         assert len(records) == entry["rows"] and all(r.split == split for r in records)
         assert len({r.id for r in records}) == len(records)
         assert Counter(r.category for r in records) == entry["categories"]
+
+
+@pytest.mark.parametrize("tint", [0.0, 0.8])
+def test_position_tint_puts_position_into_red_and_blue(tint):
+    """With the tint the background's red rises left to right and its blue top to bottom, by
+    about 2 x TINT_LEVELS x tint whatever the image's random base colour; without it, neither."""
+    from components.data.synthetic import TINT_LEVELS, background
+
+    for seed in range(3):
+        px = background(np.random.default_rng(seed), 512, 384, clutter=0.3, tint=tint).astype(float)
+        red_rise = px[:, -32:, 0].mean() - px[:, :32, 0].mean()
+        blue_rise = px[-32:, :, 2].mean() - px[:32, :, 2].mean()
+        green_rise = px[:, -32:, 1].mean() - px[:, :32, 1].mean()
+        expected = 2 * TINT_LEVELS * tint * (1 - 32 / 512)
+        assert abs(red_rise - expected) < 25 and abs(blue_rise - 2 * TINT_LEVELS * tint * (1 - 32 / 384)) < 25
+        assert abs(green_rise) < 25
+
+
+def test_large_decoys_shrink_until_they_fit():
+    """Two objects of up to 45% of the short side: the decoy is shrunk, never refused."""
+    cfg = small(width=2048, height=1536, target_size=(0.44, 0.45), decoys=2, attribute_share=1.0)
+    spec = split_specs(cfg)[0]
+    for i in range(6):
+        rec = make_sample(cfg, 0, spec, i, "s")
+        boxes = [o["box"] for o in rec.meta["objects"]]
+        assert len(boxes) == 3
+        target_side = boxes[0][2] - boxes[0][0]
+        assert target_side >= round(0.44 * 1536)
+        for a in range(3):
+            for b in range(a + 1, 3):
+                ax1, ay1, ax2, ay2 = boxes[a]
+                bx1, by1, bx2, by2 = boxes[b]
+                assert ax2 <= bx1 or bx2 <= ax1 or ay2 <= by1 or by2 <= ay1  # never overlapping

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -19,8 +20,14 @@ def small_cfg():
     # Smaller than the default so the test is quick; the architecture is the same.
     return load_params(
         ROOT / "params.yaml",
-        ["model.text.hidden_size=64", "model.text.num_layers=1", "model.text.mrope_section=[2, 3, 3]",
-         "model.vision.hidden_size=32", "model.vision.depth=1", "model.vocab_size=400"],
+        [
+            "model.text.hidden_size=64",
+            "model.text.num_layers=1",
+            "model.text.mrope_section=[2, 3, 3]",
+            "model.vision.hidden_size=32",
+            "model.vision.depth=1",
+            "model.vocab_size=400",
+        ],
     ).model
 
 
@@ -49,10 +56,27 @@ def test_other_seed_other_weights(bundle, tmp_path):
 def conversation() -> list[dict]:
     return [
         {"role": "system", "content": [{"type": "text", "text": "You are a helpful assistant."}]},
-        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Question: where is the red square?"}]},
-        {"role": "assistant", "content": [{"type": "text", "text": '```json\n[{"bbox_2d": [10, 20, 90, 100], "label": "red square"}]\n```'}]},
-        {"role": "user", "content": [{"type": "text", "text": "Based on the provided coordinates, return the sub-image:"},
-                                     {"type": "image"}, {"type": "text", "text": "(A) red\n(B) blue"}]},
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "Question: where is the red square?"}],
+        },
+        {
+            "role": "assistant",
+            "content": [
+                {
+                    "type": "text",
+                    "text": '```json\n[{"bbox_2d": [10, 20, 90, 100], "label": "red square"}]\n```',
+                }
+            ],
+        },
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Based on the provided coordinates, return the sub-image:"},
+                {"type": "image"},
+                {"type": "text", "text": "(A) red\n(B) blue"},
+            ],
+        },
         {"role": "assistant", "content": [{"type": "text", "text": "It is red. \\boxed{A}"}]},
     ]
 
@@ -96,7 +120,9 @@ def test_generate_on_image_and_text(bundle):
     text = processor.apply_chat_template(conversation()[:2], tokenize=False, add_generation_prompt=True)
     batch = processor(text=[text], images=[Image.new("RGB", (640, 480), (0, 128, 0))], return_tensors="pt")
     out = model.generate(**batch, max_new_tokens=5, do_sample=False)
-    assert out.shape[1] == batch["input_ids"].shape[1] + 5 or out[0, -1] in model.generation_config.eos_token_id
+    assert (
+        out.shape[1] == batch["input_ids"].shape[1] + 5 or out[0, -1] in model.generation_config.eos_token_id
+    )
 
 
 def test_verl_loads_the_bundle(bundle):
@@ -113,3 +139,22 @@ def test_tokenizer_keeps_digits_single_and_specials_whole(bundle):
     pieces = tok.tokenize("[112, 56] <|im_end|>")
     assert "1" in pieces and "112" not in pieces
     assert "<|im_end|>" in pieces
+
+
+def test_rope_theta_comes_from_params(tmp_path):
+    """`model.text.rope_theta` and `mrope_section` reach the built model's rotary config."""
+    cfg = load_params(
+        ROOT / "params.yaml",
+        [
+            "model.text.hidden_size=64",
+            "model.text.num_layers=1",
+            "model.text.mrope_section=[2, 2, 4]",
+            "model.text.rope_theta=100.0",
+            "model.vision.hidden_size=32",
+            "model.vision.depth=1",
+            "model.vocab_size=400",
+        ],
+    ).model
+    build_tiny_bundle(cfg, tmp_path, ROOT / "components" / "templates.yaml")
+    rope = json.loads((tmp_path / "config.json").read_text())["text_config"]["rope_parameters"]
+    assert rope["rope_theta"] == 100.0 and rope["mrope_section"] == [2, 2, 4]
