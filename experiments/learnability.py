@@ -206,7 +206,8 @@ def plot(rows: list[dict], out: Path, skill: str) -> None:
     plt.close(fig)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Train one skill alone; return the evaluation rows (also written to `<out>.jsonl`)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("skill", choices=["locate", "read_crop", "read_first"])
     ap.add_argument("--steps", type=int, default=400)
@@ -221,7 +222,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("-S", dest="overrides", action="append", default=[], help="params override key=value")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     params = load_params(ROOT / "params.yaml", args.overrides)
@@ -302,8 +303,9 @@ def main() -> None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     log.close()
+    return rows
 
 
 if __name__ == "__main__":
