@@ -146,6 +146,7 @@ def eval_rl_overrides(work: Path) -> list[str]:
     return [
         f"evaluate.models={{rl: {w}/models/rl_merged}}",
         "promote.candidate=rl",
+        'promote.parent=""',  # the SFT parent is not evaluated in this pass
         f"paths.eval_dir={w}/results/eval_rl",
     ]
 
