@@ -61,7 +61,9 @@ def test_mgpo_science_end_to_end_and_resume(tmp_path, monkeypatch, prefect_harne
         ],
     )
     build_tiny_bundle(small.model, tmp_path / "models/base", ROOT / "components/templates.yaml")
-    cfg = SyntheticConfig(width=1024, height=768, train=4, val=2, test=3, scale_sweep={"sizes": [0.3], "per_size": 1})
+    cfg = SyntheticConfig(
+        width=1024, height=768, train=4, val=2, test=3, scale_sweep={"sizes": [0.3], "per_size": 1}
+    )
     for spec in split_specs(cfg):
         if spec.name in ("train", "val", "test", "scale_sweep"):
             write_records(
