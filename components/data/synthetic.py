@@ -7,13 +7,16 @@ circle") whose interior is a checkerboard of two complementary colours with `det
 
 Two question families mirror V* Bench:
 - attribute: "What two colours make up the checkered pattern inside the red square?", options
-  are colour pairs ("red and cyan", ...). Every pair averages to the same mid gray, so once the
-  image is shrunk ~8x to the model's first view (252x168 at max_pixels 50176) the interior is
-  flat gray and the answer is gone, while a crop of the object at the model's resolution is
-  filled by the two colours (a large area: what a tiny model learns fast, see STACK.md). The
-  object itself spans 26-42 first-view pixels at the default size (1-2 merged 28-px tokens), so
-  it can be found. Decoy named objects with other patterns (taken from the wrong options) make
-  the model find the *named* one rather than any framed one.
+  are colour pairs ("red and cyan", ...). Every pair averages to the same mid gray. With the
+  defaults (24-px cells, targets 35-45% of the short side) a cell is 3 px in the 252x168 first
+  view, so every 14-px patch there is the same gray and the answer is gone; in the 448-px crop
+  of the model's box a cell is about a patch, an area the patch embedding sees (the manifest's
+  patch-aware oracle checks both, components/data/oracle.py). The object spans 2-3 merged 28-px
+  tokens of the first view: smaller ones were never found by the tiny model
+  (docs/learnability.md). Decoy named objects with other patterns (taken from the wrong
+  options, `decoys`) make the model find the *named* one rather than any framed one.
+  `position_tint` blends the background's red and blue toward position ramps (see
+  `background`).
 - spatial: "Is the red square to the left or to the right of the blue circle?" (or above/below),
   2 options; answerable from the first view, as in V*.
 
