@@ -123,9 +123,7 @@ def digit_groups(ids: list[int], mask: list[int], tok) -> list[list[int]]:
     return groups[-4:]  # the last four: "bbox_2d" has a digit too
 
 
-def evaluate(
-    model, processor, encoded: list[dict], val: list[Example], skill: str, first_ids: list[int]
-) -> dict:
+def evaluate(model, processor, encoded: list[dict], skill: str, first_ids: list[int]) -> dict:
     model.eval()
     tok = processor.tokenizer
     pad = tok.convert_tokens_to_ids("<|endoftext|>")
@@ -262,8 +260,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     log = out.with_suffix(".jsonl").open("w")
     for step in range(args.steps + 1):
         if step % args.eval_every == 0 or step == args.steps:
-            m = evaluate(model, processor, val_enc, val, args.skill, first_ids)
-            tm = evaluate(model, processor, train_enc[: len(val_enc)], train, args.skill, first_ids)
+            m = evaluate(model, processor, val_enc, args.skill, first_ids)
+            tm = evaluate(model, processor, train_enc[: len(val_enc)], args.skill, first_ids)
             m["train"] = tm.get("coord_acc", tm.get("acc"))
             row = {
                 "step": step,
