@@ -143,18 +143,10 @@ def test_tokenizer_keeps_digits_single_and_specials_whole(bundle):
 
 def test_rope_theta_comes_from_params(tmp_path):
     """`model.text.rope_theta` and `mrope_section` reach the built model's rotary config."""
-    cfg = load_params(
-        ROOT / "params.yaml",
-        [
-            "model.text.hidden_size=64",
-            "model.text.num_layers=1",
-            "model.text.mrope_section=[2, 2, 4]",
-            "model.text.rope_theta=100.0",
-            "model.vision.hidden_size=32",
-            "model.vision.depth=1",
-            "model.vocab_size=400",
-        ],
-    ).model
+    small = small_cfg()
+    cfg = small.model_copy(
+        update={"text": small.text.model_copy(update={"rope_theta": 100.0, "mrope_section": [2, 2, 4]})}
+    )
     build_tiny_bundle(cfg, tmp_path, ROOT / "components" / "templates.yaml")
     rope = json.loads((tmp_path / "config.json").read_text())["text_config"]["rope_parameters"]
     assert rope["rope_theta"] == 100.0 and rope["mrope_section"] == [2, 2, 4]
